@@ -1,0 +1,249 @@
+"""The `hsmca` command: parses, prompts and prints; the work is done by `hsmca.api`.
+
+Heavy modules (pkcs11, cryptography, pkilint) are imported inside the commands that need them,
+so `hsmca --help` starts fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import HsmcaError
+
+PIN_ENV = "HSMCA_PIN"
+PASSWORD_ENV = "HSMCA_PFX_PASSWORD"  # noqa: S105 (a variable name, not a secret)
+MODULE_ENV = "HSMCA_MODULE"
+CA_DIR_ENV = "HSMCA_DIR"
+DEBUG_ENV = "HSMCA_DEBUG"
+
+CA_KEY_CHOICES = ["rsa2048", "rsa3072", "rsa4096", "p256", "p384"]
+SERVER_KEY_CHOICES = ["rsa2048", "rsa3072", "p256", "p384"]
+
+DNS_PROMPT = (
+    "DNS names for recording server certificate "
+    "(comma delimited - 1st entry is also subject of certificate)"
+)
+IP_PROMPT = "IP addresses for recording server certificate (comma delimited)"
+
+
+class HsmcaGroup(click.Group):
+    """Turns every HsmcaError into one line `Error: ...` and exit status 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except HsmcaError as exc:
+            raise click.ClickException(str(exc)) from None
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            raise click.ClickException("interrupted; nothing was written") from None
+        except Exception as exc:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            raise click.ClickException(
+                f"unexpected {type(exc).__name__}: {exc} (set {DEBUG_ENV}=1 for a traceback)"
+            ) from None
+
+
+# --- secrets -----------------------------------------------------------------------------------
+
+
+def _read_secret_file(path: Path, what: str) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise HsmcaError(f"cannot read the {what} file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise HsmcaError(f"the {what} file {path} is not UTF-8 text") from None
+    # A file's trailing newline is not part of the secret; anything else is.
+    if text.endswith("\r\n"):
+        text = text[:-2]
+    elif text.endswith("\n"):
+        text = text[:-1]
+    if not text:
+        raise HsmcaError(f"the {what} file {path} is empty")
+    return text
+
+
+def _secret(
+    path: Path | None, env: str, what: str, option: str, prompt: str, confirm: bool = False
+) -> str:
+    if path is not None:
+        return _read_secret_file(path, what)
+    value = os.environ.get(env)
+    if value:
+        return value
+    if not sys.stdin.isatty():
+        raise HsmcaError(
+            f"no {what} given and no terminal to ask on: use {option} FILE or set {env}"
+        )
+    return click.prompt(prompt, hide_input=True, confirmation_prompt=confirm, err=True)
+
+
+def pin_source(pin_file: Path | None):
+    """A PinSource for the token layer: asks only when a login actually happens."""
+
+    def source(info) -> str:
+        return _secret(pin_file, PIN_ENV, "token PIN", "--pin-file", f"User PIN for {info}")
+
+    return source
+
+
+def pfx_password(password_file: Path | None) -> str:
+    return _secret(
+        password_file,
+        PASSWORD_ENV,
+        "PFX password",
+        "--password-file",
+        "Recording server certificate password",
+        confirm=True,
+    )
+
+
+# --- shared options ----------------------------------------------------------------------------
+
+
+def pin_file_option(function):
+    return click.option(
+        "--pin-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help=f"File holding the token's user PIN (else ${PIN_ENV}, else a hidden prompt).",
+    )(function)
+
+
+def ca_dir_option(function):
+    return click.option(
+        "--ca-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar=CA_DIR_ENV,
+        default=".",
+        show_default="$HSMCA_DIR, else the current directory",
+        help="The CA directory made by 'hsmca init'.",
+    )(function)
+
+
+def _key_type(value: str):
+    from .models import KeyType
+
+    return KeyType(value)
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+
+@click.group(cls=HsmcaGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hsmca")
+def cli() -> None:
+    """A certificate authority whose private key never leaves a PKCS#11 token."""
+
+
+@cli.command()
+@click.argument("ca_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--module",
+    envvar=MODULE_ENV,
+    help=f"PKCS#11 library (else ${MODULE_ENV}), e.g. /usr/lib/softhsm/libsofthsm2.so.",
+)
+@click.option("--token", "token_label", required=True, help="Label of the token.")
+@click.option("--key-label", default="hsmca-ca", show_default=True, help="Label of the CA key.")
+@click.option("--key-type", type=click.Choice(CA_KEY_CHOICES), default="rsa3072", show_default=True)
+@click.option(
+    "--subject",
+    default="CN=VMS Certificate Authority",
+    show_default=True,
+    help="The CA's distinguished name (RFC 4514).",
+)
+@click.option("--days", type=int, default=3650, show_default=True, help="Validity of the CA.")
+@pin_file_option
+def init(ca_dir, module, token_label, key_label, key_type, subject, days, pin_file) -> None:
+    """Generate the CA key on the token, self-sign the root there and create CA_DIR."""
+    from . import api
+
+    created = api.init_ca(
+        ca_dir,
+        module=module or "",
+        token_label=token_label,
+        pin_source=pin_source(pin_file),
+        key_label=key_label,
+        key_type=_key_type(key_type),
+        subject=subject,
+        days=days,
+    )
+    attributes = ", ".join(f"{name}={value}" for name, value in created.key_attributes.items())
+    click.echo(f"Created CA in {created.ca_dir}")
+    click.echo(
+        f"  key:        {key_type} '{key_label}' (id {created.key_id.hex()}) on {created.token}"
+    )
+    click.echo(f"  key checks: {attributes}")
+    click.echo(f"  thumbprint: {created.thumbprint}")
+    click.echo(
+        "  trust it:   copy root-authority-public.cer to each client and import it into "
+        "Trusted Root Certification Authorities"
+    )
+
+
+@cli.command()
+@ca_dir_option
+@click.option("--dns", multiple=True, help="DNS names, comma separated; the first is the subject.")
+@click.option("--ip", multiple=True, help="IP addresses, comma separated.")
+@click.option("--days", type=int, default=365, show_default=True)
+@click.option(
+    "--key-type", type=click.Choice(SERVER_KEY_CHOICES), default="rsa2048", show_default=True
+)
+@click.option(
+    "--password-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help=f"File holding the PFX password (else ${PASSWORD_ENV}, else a hidden prompt).",
+)
+@click.option(
+    "--legacy-pfx",
+    is_flag=True,
+    help="3DES/SHA-1 PFX for Windows Server 2016 and Windows 10 before 1709.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Output PFX (default: <first DNS name>.pfx in the current directory).",
+)
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+@pin_file_option
+def issue(ca_dir, dns, ip, days, key_type, password_file, legacy_pfx, out, force, pin_file):
+    """Issue a recording-server certificate as a password-protected PFX."""
+    from . import api, store, x509build
+
+    if not dns:
+        if not sys.stdin.isatty():
+            raise HsmcaError("no DNS names given: use --dns NAME (the first name is the subject)")
+        dns = (click.prompt(DNS_PROMPT, default="", show_default=False, err=True),)
+        ip = (click.prompt(IP_PROMPT, default="", show_default=False, err=True),)
+    request = x509build.server_request(dns, ip, days, _key_type(key_type))
+    out = out or api.default_pfx_path(request)
+    store.check_output(out, force)
+    store.load_config(ca_dir)
+    password = pfx_password(password_file)
+    issued = api.issue_server(
+        ca_dir,
+        request,
+        password=password,
+        pin_source=pin_source(pin_file),
+        out=out,
+        legacy=legacy_pfx,
+        force=force,
+    )
+    for note in issued.notes:
+        click.echo(f"Note: {note}", err=True)
+    click.echo(
+        f"Wrote {issued.path} (serial {issued.serial:x}, {', '.join(request.dns_names)}"
+        + "".join(f", {address}" for address in request.ip_addresses)
+        + f"; valid until {issued.not_after:%Y-%m-%d})"
+    )
+
+
+def main() -> None:
+    cli(prog_name="hsmca")

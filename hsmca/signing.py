@@ -1,0 +1,115 @@
+"""Build, then sign: the Signer protocol and the one path every certificate takes to be signed.
+
+A TBS structure is linted (signed by a throwaway software key of the issuer's type), then signed
+by the real signer, then the signature is verified with the issuer's public key. Only then does
+the caller get a certificate to write anywhere.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Protocol
+
+from asn1crypto import keys, x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from . import lint, x509build
+from .errors import IntegrityError
+from .models import KeyType
+
+_HASHES = {"sha256": hashes.SHA256, "sha384": hashes.SHA384}
+
+
+class Signer(Protocol):
+    """Something that holds a private key and returns X.509 signatures (DER ECDSA for EC keys)."""
+
+    @property
+    def key_type(self) -> KeyType: ...
+
+    def sign(self, data: bytes) -> bytes: ...
+
+
+def verify_signature(
+    public_key: keys.PublicKeyInfo, key_type: KeyType, data: bytes, signature: bytes
+) -> None:
+    """Raise IntegrityError unless `signature` over `data` verifies with `public_key`."""
+    key = serialization.load_der_public_key(public_key.dump())
+    digest = _HASHES[key_type.algorithm.hash_name]()
+    try:
+        if isinstance(key, rsa.RSAPublicKey):
+            key.verify(signature, data, padding.PKCS1v15(), digest)
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(signature, data, ec.ECDSA(digest))
+        else:
+            raise IntegrityError(f"unsupported issuer key {type(key).__name__}")
+    except InvalidSignature:
+        raise IntegrityError(
+            "the token returned a signature that does not verify with the CA's public key; "
+            "nothing was written. Check that the CA directory belongs to this token's key"
+        ) from None
+
+
+class SoftwareSigner:
+    """A signer with a key in memory: for linting TBS structures and for pure unit tests."""
+
+    def __init__(self, key_type: KeyType, private_key=None):
+        self._key_type = key_type
+        self.private_key = private_key or generate_private_key(key_type)
+
+    @property
+    def key_type(self) -> KeyType:
+        return self._key_type
+
+    @property
+    def public_key(self) -> keys.PublicKeyInfo:
+        return keys.PublicKeyInfo.load(
+            self.private_key.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+
+    def sign(self, data: bytes) -> bytes:
+        digest = _HASHES[self._key_type.algorithm.hash_name]()
+        if self._key_type.is_rsa:
+            return self.private_key.sign(data, padding.PKCS1v15(), digest)
+        return self.private_key.sign(data, ec.ECDSA(digest))
+
+
+def generate_private_key(key_type: KeyType):
+    """A new host-side private key of `key_type` (cryptography object, memory only)."""
+    algorithm = key_type.algorithm
+    if key_type.is_rsa:
+        return rsa.generate_private_key(public_exponent=65537, key_size=algorithm.bits)
+    curve = {"secp256r1": ec.SECP256R1, "secp384r1": ec.SECP384R1}[algorithm.curve]
+    return ec.generate_private_key(curve())
+
+
+@functools.cache
+def _lint_signer(key_type: KeyType) -> SoftwareSigner:
+    return SoftwareSigner(key_type)
+
+
+def sign_certificate(
+    tbs: x509.TbsCertificate,
+    signer: Signer,
+    issuer_public_key: keys.PublicKeyInfo,
+    allowed_findings: frozenset[lint.Allowance] = frozenset(),
+) -> tuple[x509.Certificate, list[lint.Finding]]:
+    """Lint `tbs`, have `signer` sign it, verify the signature and return the certificate.
+
+    Also returns the lint findings that `allowed_findings` tolerated, for a note to the user.
+    """
+    tbs_der = tbs.dump(force=True)
+    rehearsal = _lint_signer(signer.key_type)
+    tolerated = lint.check_certificate(
+        x509build.certificate(tbs, signer.key_type, rehearsal.sign(tbs_der)).dump(),
+        allowed_findings,
+    )
+    signature = signer.sign(tbs_der)
+    verify_signature(issuer_public_key, signer.key_type, tbs_der, signature)
+    signed = x509build.certificate(x509.TbsCertificate.load(tbs_der), signer.key_type, signature)
+    if signed["tbs_certificate"].dump() != tbs_der:
+        raise IntegrityError("the signed certificate differs from the linted one; nothing written")
+    return signed, tolerated
