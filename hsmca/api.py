@@ -171,7 +171,7 @@ class OpenCa:
             lint.single_label_allowances(request.dns_names),
         )
         notes += [
-            f"single-label name allowed on purpose although pkilint reports: {finding}"
+            f"allowed on purpose for a workgroup host name: {finding.code} ({finding.message})"
             for finding in tolerated
         ]
         return certificate, notes

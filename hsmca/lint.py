@@ -47,24 +47,6 @@ def _certificate_validator():
     )
 
 
-@functools.cache
-def _crl_validator():
-    from pkilint.pkix import crl
-
-    return (
-        crl.create_pkix_crl_validator_container(
-            [
-                crl.create_issuer_validator_container([]),
-                crl.create_validity_validator_container(),
-                crl.create_extensions_validator_container([]),
-            ],
-            [],
-        )
-        if False
-        else None
-    )  # replaced when CRLs are built
-
-
 def _findings(validator, document) -> list[Finding]:
     from pkilint.validation import ValidationFindingSeverity
 
