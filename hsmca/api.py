@@ -62,6 +62,7 @@ def init_ca(
     key_type: KeyType = KeyType.RSA3072,
     subject: str = DEFAULT_CA_SUBJECT,
     days: int = DEFAULT_CA_DAYS,
+    always_authenticate: bool = False,
 ) -> CaCreated:
     """Generate the CA key on the token, self-sign the root there, and create CA_DIR."""
     ca_dir = Path(ca_dir)
@@ -73,11 +74,11 @@ def init_ca(
     device = token.find_token(module, token_label)
     info = token.token_info(device)
     with token.open_session(device, pin_source, rw=True) as session:
-        generated = token.generate_ca_key(session, key_type, key_label)
+        generated = token.generate_ca_key(session, key_type, key_label, always_authenticate)
         try:
             public_key = keys.PublicKeyInfo.load(generated.public_key_der)
             private_key = token.find_private_key(session, generated.key_id, key_label)
-            signer = token.TokenSigner(session, private_key, key_type)
+            signer = token.TokenSigner(session, private_key, key_type, pin_source)
             signing.verify_signature(
                 public_key, key_type, KEY_CHECK_MESSAGE, signer.sign(KEY_CHECK_MESSAGE)
             )
@@ -216,7 +217,7 @@ def open_ca(ca_dir: Path, pin_source: token.PinSource) -> Iterator[OpenCa]:
         )
     with token.open_session(device, pin_source) as session:
         private_key = token.find_private_key(session, config.key_id, config.key_label)
-        signer = token.TokenSigner(session, private_key, config.key_type)
+        signer = token.TokenSigner(session, private_key, config.key_type, pin_source)
         try:
             signing.verify_signature(
                 public_key, config.key_type, KEY_CHECK_MESSAGE, signer.sign(KEY_CHECK_MESSAGE)

@@ -87,10 +87,25 @@ def _secret(
 
 
 def pin_source(pin_file: Path | None):
-    """A PinSource for the token layer: asks only when a login actually happens."""
+    """A PinSource for the token layer: asks only when a login happens, and only once."""
+    remembered: dict[str, str] = {}
 
-    def source(info) -> str:
-        return _secret(pin_file, PIN_ENV, "token PIN", "--pin-file", f"User PIN for {info}")
+    def source(info) -> str | None:
+        if info.pin_final_try:
+            click.echo(f"Warning: one more wrong PIN locks {info}.", err=True)
+        elif info.pin_count_low:
+            click.echo(
+                f"Warning: a wrong PIN was entered on {info} since the last login.", err=True
+            )
+        if info.protected_auth_path:
+            click.echo(f"Enter the user PIN for {info} on the reader's PIN pad.", err=True)
+            return None
+        # Keys that need the PIN before every signature must not prompt every time.
+        if info.serial not in remembered:
+            remembered[info.serial] = _secret(
+                pin_file, PIN_ENV, "token PIN", "--pin-file", f"User PIN for {info}"
+            )
+        return remembered[info.serial]
 
     return source
 
@@ -160,8 +175,15 @@ def cli() -> None:
     help="The CA's distinguished name (RFC 4514).",
 )
 @click.option("--days", type=int, default=3650, show_default=True, help="Validity of the CA.")
+@click.option(
+    "--always-authenticate",
+    is_flag=True,
+    help="Make the token require the PIN again before every signature (CKA_ALWAYS_AUTHENTICATE).",
+)
 @pin_file_option
-def init(ca_dir, module, token_label, key_label, key_type, subject, days, pin_file) -> None:
+def init(
+    ca_dir, module, token_label, key_label, key_type, subject, days, always_authenticate, pin_file
+) -> None:
     """Generate the CA key on the token, self-sign the root there and create CA_DIR."""
     from . import api
 
@@ -174,6 +196,7 @@ def init(ca_dir, module, token_label, key_label, key_type, subject, days, pin_fi
         key_type=_key_type(key_type),
         subject=subject,
         days=days,
+        always_authenticate=always_authenticate,
     )
     attributes = ", ".join(f"{name}={value}" for name, value in created.key_attributes.items())
     click.echo(f"Created CA in {created.ca_dir}")

@@ -40,10 +40,15 @@ KEY_SAFETY_ATTRIBUTES = (
     Attribute.ALWAYS_SENSITIVE,
     Attribute.NEVER_EXTRACTABLE,
     Attribute.LOCAL,
+    Attribute.ALWAYS_AUTHENTICATE,
 )
 
-PinSource = Callable[["TokenInfo"], str]
-"""Called with the token about to be logged in to; returns that token's user PIN."""
+PinSource = Callable[["TokenInfo"], str | None]
+"""Called with the token about to be logged in to; returns that token's user PIN.
+
+For a token with a PIN pad (protected authentication path) it returns None after telling the
+user to type the PIN on the reader.
+"""
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,11 @@ class TokenInfo:
     serial: str
     manufacturer: str
     model: str
+    protected_auth_path: bool = False
+    pin_count_low: bool = False
+    """The token says a wrong user PIN was entered since the last good one."""
+    pin_final_try: bool = False
+    """One more wrong user PIN locks the token."""
 
     def __str__(self) -> str:
         return f"token {self.label!r} (serial {self.serial})"
@@ -97,7 +107,16 @@ def _token_info(token) -> TokenInfo:
     serial = token.serial
     if isinstance(serial, bytes):
         serial = serial.decode("ascii", "replace")
-    return TokenInfo(token.label, serial.strip(), token.manufacturer_id, token.model)
+    flags = token.flags
+    return TokenInfo(
+        token.label,
+        serial.strip(),
+        token.manufacturer_id,
+        token.model,
+        protected_auth_path=bool(flags & pkcs11.TokenFlag.PROTECTED_AUTHENTICATION_PATH),
+        pin_count_low=bool(flags & pkcs11.TokenFlag.USER_PIN_COUNT_LOW),
+        pin_final_try=bool(flags & pkcs11.TokenFlag.USER_PIN_FINAL_TRY),
+    )
 
 
 def find_token(module: str, label: str, serial: str | None = None):
@@ -135,16 +154,14 @@ def token_info(token) -> TokenInfo:
 def open_session(token, pin_source: PinSource, rw: bool = False) -> Iterator:
     """One logged-in session on `token`, closed (and logged out) on the way out."""
     info = _token_info(token)
-    flags = token.flags
-    if flags & pkcs11.TokenFlag.USER_PIN_LOCKED:
+    if token.flags & pkcs11.TokenFlag.USER_PIN_LOCKED:
         raise TokenError(
             f"the user PIN of {info} is locked; the security officer must unlock it "
-            "(e.g. softhsm2-util or the token vendor's tool) before it can be used"
+            "with the token vendor's tool before it can be used"
         )
-    if flags & pkcs11.TokenFlag.PROTECTED_AUTHENTICATION_PATH:
+    pin = pin_source(info)
+    if info.protected_auth_path:
         pin = pkcs11.PROTECTED_AUTH
-    else:
-        pin = pin_source(info)
     with translate_errors(str(info)):
         session = token.open(rw=rw, user_pin=pin)
     try:
@@ -193,10 +210,13 @@ def translate_errors(what: str) -> Iterator[None]:
         ) from None
 
 
-def generate_ca_key(session, key_type: KeyType, label: str) -> GeneratedKey:
+def generate_ca_key(
+    session, key_type: KeyType, label: str, always_authenticate: bool = False
+) -> GeneratedKey:
     """Generate a non-extractable, sensitive signing key pair on the token and prove it is so.
 
     Refuses when a private key with `label` exists: a CA key is never shadowed or replaced.
+    `always_authenticate` makes the token ask for the PIN before every signature.
     """
     what = f"{_token_info(session.token)}"
     with translate_errors(what):
@@ -218,6 +238,8 @@ def generate_ca_key(session, key_type: KeyType, label: str) -> GeneratedKey:
             Attribute.UNWRAP: False,
             Attribute.DERIVE: False,
         }
+        if always_authenticate:
+            private_template[Attribute.ALWAYS_AUTHENTICATE] = True
         public_template = {
             Attribute.TOKEN: True,
             Attribute.PRIVATE: False,
@@ -338,14 +360,28 @@ class TokenSigner:
     ECDSA's raw r||s is returned DER-encoded, as X.509 wants it.
     """
 
-    def __init__(self, session, private_key, key_type: KeyType):
+    def __init__(self, session, private_key, key_type: KeyType, pin_source: PinSource):
         self._session = session
         self._key = private_key
         self._key_type = key_type
-        self._what = str(_token_info(session.token))
+        self._info = _token_info(session.token)
+        self._what = str(self._info)
+        self._pin_source = pin_source
         algorithm = key_type.algorithm
         with translate_errors(self._what):
             offered = session.token.slot.get_mechanisms()
+            # Such a key wants the PIN again (a context-specific login) before every signature.
+            self.always_authenticate = bool(
+                private_key.get_attributes([Attribute.ALWAYS_AUTHENTICATE]).get(
+                    Attribute.ALWAYS_AUTHENTICATE
+                )
+            )
+        if self.always_authenticate and self._info.protected_auth_path:
+            raise TokenError(
+                f"the CA key on {self._what} needs the PIN before every signature and the token "
+                "has a PIN pad; python-pkcs11 cannot log in that way. Use a key without "
+                "CKA_ALWAYS_AUTHENTICATE or a reader without PIN pad"
+            )
         hashed = Mechanism[algorithm.hashed_mechanism]
         raw = Mechanism[algorithm.raw_mechanism]
         if hashed in offered:
@@ -378,8 +414,9 @@ class TokenSigner:
 
     def sign(self, data: bytes) -> bytes:
         message = self._message(data)
+        pin = self._pin_source(self._info) if self.always_authenticate else None
         with _SIGN_LOCK, translate_errors(self._what):
-            signature = self._key.sign(message, mechanism=self.mechanism)
+            signature = self._key.sign(message, mechanism=self.mechanism, pin=pin)
         if self._key_type.is_rsa:
             return signature
         return encode_ecdsa_signature(signature)

@@ -26,14 +26,6 @@ SOFTHSM_CANDIDATES = (
 )
 
 _TOKEN_ROOT = Path(tempfile.mkdtemp(prefix="hsmca-softhsm-"))
-(_TOKEN_ROOT / "tokens").mkdir()
-(_TOKEN_ROOT / "softhsm2.conf").write_text(
-    (REPO / "softhsm" / "softhsm2.conf.template")
-    .read_text()
-    .replace("@TOKENDIR@", str(_TOKEN_ROOT / "tokens"))
-    .replace("@MECHANISMS@", "ALL")
-)
-os.environ["SOFTHSM2_CONF"] = str(_TOKEN_ROOT / "softhsm2.conf")
 for _name in ("HSMCA_PIN", "HSMCA_PFX_PASSWORD", "HSMCA_DIR", "HSMCA_MODULE"):
     os.environ.pop(_name, None)
 
@@ -84,14 +76,43 @@ def init_token(label: str, conf: Path) -> Token:
     pin_file = conf.parent / f"pin-{secrets.token_hex(4)}"
     pin_file.write_text(pin + "\n")
     pin_file.chmod(0o600)
-    import pkcs11
+    if conf == SESSION_CONF:
+        import pkcs11
 
-    # python-pkcs11 loads the library once per process; new tokens appear after this.
-    library = pkcs11.lib(softhsm_module())
-    library.reinitialize()
-    serials = [t.serial for t in library.get_tokens(token_label=label)]
-    serial = serials[-1].decode() if isinstance(serials[-1], bytes) else serials[-1]
-    return Token(label, pin, pin_file, serial.strip(), conf)
+        # python-pkcs11 loads the library once per process; new tokens appear after this.
+        pkcs11.lib(softhsm_module()).reinitialize()
+    return Token(label, pin, pin_file, _serial_of(label, env), conf)
+
+
+def _serial_of(label: str, env: dict) -> str:
+    shown = subprocess.run(
+        ["softhsm2-util", "--show-slots"], env=env, check=True, capture_output=True, text=True
+    ).stdout
+    serial = ""
+    for line in shown.splitlines():
+        key, _, value = line.strip().partition(":")
+        if key == "Serial number":
+            serial = value.strip()
+        elif key == "Label" and value.strip() == label:
+            return serial
+    raise AssertionError(f"token {label!r} not found after softhsm2-util --init-token")
+
+
+def softhsm_conf(directory: Path, mechanisms: str = "ALL") -> Path:
+    """A private SoftHSM config with its own token directory (e.g. restricted mechanisms)."""
+    (directory / "tokens").mkdir(parents=True, exist_ok=True)
+    conf = directory / "softhsm2.conf"
+    conf.write_text(
+        (REPO / "softhsm" / "softhsm2.conf.template")
+        .read_text()
+        .replace("@TOKENDIR@", str(directory / "tokens"))
+        .replace("@MECHANISMS@", mechanisms)
+    )
+    return conf
+
+
+SESSION_CONF = softhsm_conf(_TOKEN_ROOT)
+os.environ["SOFTHSM2_CONF"] = str(SESSION_CONF)
 
 
 @pytest.fixture(scope="session")
