@@ -169,7 +169,7 @@ def test_init_with_a_wrong_pin_writes_nothing(tmp_path, module, token):
 
 
 def test_init_names_the_tokens_present_for_an_unknown_label(tmp_path, module, token):
-    result = run(init_args(tmp_path / "ca", module, token)[:4] + ["--token", "No Such Token"])
+    result = run([*init_args(tmp_path / "ca", module, token)[:4], "--token", "No Such Token"])
     assert_error(result, "no token labelled 'No Such Token'", repr(token.label))
     assert not (tmp_path / "ca").exists()
 
@@ -243,7 +243,7 @@ def test_issue_writes_subject_pfx_in_the_current_directory(ca, tmp_path, passwor
     assert pfx.stat().st_mode & 0o777 == 0o600
     assert [p.name for p in work.iterdir()] == ["rec1.example.com.pfx"]
     # The file's trailing newline is not part of the password.
-    key, certificate, chain = pkcs12.load_key_and_certificates(
+    _, certificate, chain = pkcs12.load_key_and_certificates(
         pfx.read_bytes(), PASSWORD.encode())
     san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert [str(n.value) for n in san] == [
@@ -262,7 +262,7 @@ def test_issue_takes_ca_dir_and_secrets_from_the_environment(ca, tmp_path):
                  env={"HSMCA_DIR": str(ca_dir), "HSMCA_PIN": token.pin,
                       "HSMCA_PFX_PASSWORD": PASSWORD})
     assert result.exit_code == 0, result.output
-    key, certificate, _ = pkcs12.load_key_and_certificates(out.read_bytes(), PASSWORD.encode())
+    _, certificate, _ = pkcs12.load_key_and_certificates(out.read_bytes(), PASSWORD.encode())
     assert certificate.subject.rfc4514_string() == "CN=rec2.example.com"
 
 

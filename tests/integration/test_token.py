@@ -10,14 +10,13 @@ import sys
 import pkcs11
 import pytest
 from click.testing import CliRunner
+from conftest import init_token, softhsm_conf
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs12
 
 from hsmca import api, token, x509build
 from hsmca.cli import cli
 from hsmca.errors import TokenError
 from hsmca.models import KeyType
-
-from conftest import init_token, softhsm_conf
 
 RAW_MECHANISMS = (
     "CKM_RSA_PKCS_KEY_PAIR_GEN,CKM_EC_KEY_PAIR_GEN,CKM_RSA_PKCS,CKM_ECDSA,CKM_SHA256,CKM_SHA384"
