@@ -39,9 +39,9 @@ class HsmcaGroup(click.Group):
             return super().invoke(ctx)
         except HsmcaError as exc:
             raise click.ClickException(str(exc)) from None
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
+        except (click.exceptions.Exit, click.ClickException):
             raise
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, click.Abort):
             raise click.ClickException("interrupted; nothing was written") from None
         except Exception as exc:
             if os.environ.get(DEBUG_ENV):
@@ -244,11 +244,13 @@ def issue(ca_dir, dns, ip, days, key_type, password_file, legacy_pfx, out, force
         if not sys.stdin.isatty():
             raise HsmcaError("no DNS names given: use --dns NAME (the first name is the subject)")
         dns = (click.prompt(DNS_PROMPT, default="", show_default=False, err=True),)
+        # Like the guide's script: no names, no further questions.
+        x509build.server_request(dns, (), days, _key_type(key_type))
         ip = (click.prompt(IP_PROMPT, default="", show_default=False, err=True),)
     request = x509build.server_request(dns, ip, days, _key_type(key_type))
+    store.load_config(ca_dir)
     out = out or api.default_pfx_path(request)
     store.check_output(out, force)
-    store.load_config(ca_dir)
     password = pfx_password(password_file)
     issued = api.issue_server(
         ca_dir,
@@ -262,7 +264,7 @@ def issue(ca_dir, dns, ip, days, key_type, password_file, legacy_pfx, out, force
     for note in issued.notes:
         click.echo(f"Note: {note}", err=True)
     click.echo(
-        f"Wrote {issued.path} (serial {issued.serial:x}, {', '.join(request.dns_names)}"
+        f"Wrote {issued.path} (serial {x509build.serial_hex(issued.serial)}, {', '.join(request.dns_names)}"
         + "".join(f", {address}" for address in request.ip_addresses)
         + f"; valid until {issued.not_after:%Y-%m-%d})"
     )

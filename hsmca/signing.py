@@ -35,7 +35,10 @@ def verify_signature(
     public_key: keys.PublicKeyInfo, key_type: KeyType, data: bytes, signature: bytes
 ) -> None:
     """Raise IntegrityError unless `signature` over `data` verifies with `public_key`."""
-    key = serialization.load_der_public_key(public_key.dump())
+    try:
+        key = serialization.load_der_public_key(public_key.dump())
+    except ValueError:
+        raise IntegrityError("the issuer's public key cannot be read; nothing was signed") from None
     digest = _HASHES[key_type.algorithm.hash_name]()
     try:
         if isinstance(key, rsa.RSAPublicKey):

@@ -135,7 +135,7 @@ def find_token(module: str, label: str, serial: str | None = None):
         wanted = f"{label!r}" + (f" with serial {serial}" if serial else "")
         raise TokenError(
             f"no token labelled {wanted} in {module}; tokens present: {known}. "
-            "Check --token and that the token is plugged in"
+            "Check the token label and that the token is plugged in"
         )
     if len(matches) > 1:
         listed = ", ".join(str(_token_info(t)) for t in matches)

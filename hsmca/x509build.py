@@ -18,7 +18,7 @@ from asn1crypto import core, keys, x509
 from cryptography import x509 as cx509
 
 from .errors import InvalidRequest
-from .models import KeyType, ServerRequest
+from .models import SERVER_KEY_TYPES, KeyType, ServerRequest
 
 # RFC 5280 upper bound for a CN (ub-common-name) and the practical limit for one SAN entry.
 MAX_COMMON_NAME = 64
@@ -39,8 +39,10 @@ _GENERALIZED_FROM = dt.datetime(2050, 1, 1, tzinfo=dt.UTC)
 # --- names and addresses ---------------------------------------------------------------------
 
 
-def split_list(values: Iterable[str]) -> list[str]:
+def split_list(values: Iterable[str] | str) -> list[str]:
     """Comma-separated entries from each value, trimmed, without empties (the guide's script)."""
+    if isinstance(values, str):
+        values = (values,)
     return [part.strip() for value in values for part in value.split(",") if part.strip()]
 
 
@@ -118,7 +120,7 @@ def validate_days(days: int, what: str = "validity") -> int:
 
 
 def server_request(
-    dns: Iterable[str], ip: Iterable[str], days: int, key_type: KeyType
+    dns: Iterable[str] | str, ip: Iterable[str] | str, days: int, key_type: KeyType
 ) -> ServerRequest:
     """Validate the inputs of one server certificate; the first DNS name becomes the subject CN."""
     dns_names = _unique(normalize_dns_name(n) for n in split_list(dns))
@@ -132,33 +134,58 @@ def server_request(
             f"the first DNS name {dns_names[0]!r} becomes the subject CN and may have at most "
             f"{MAX_COMMON_NAME} characters; put a shorter name first"
         )
+    if key_type not in SERVER_KEY_TYPES:
+        allowed = ", ".join(k.value for k in SERVER_KEY_TYPES)
+        raise InvalidRequest(f"server key type {key_type.value} is not offered; use {allowed}")
     addresses = _unique(parse_ip_address(a) for a in split_list(ip))
     return ServerRequest(dns_names, addresses, validate_days(days), key_type)
 
 
+# The attributes a CA subject may use, with their X.520 upper bounds (RFC 5280 appendix A).
+_SUBJECT_ATTRIBUTES = {
+    cx509.NameOID.COMMON_NAME: ("CN", 64),
+    cx509.NameOID.ORGANIZATION_NAME: ("O", 64),
+    cx509.NameOID.ORGANIZATIONAL_UNIT_NAME: ("OU", 64),
+    cx509.NameOID.LOCALITY_NAME: ("L", 128),
+    cx509.NameOID.STATE_OR_PROVINCE_NAME: ("ST", 128),
+    cx509.NameOID.COUNTRY_NAME: ("C", 2),
+    cx509.NameOID.DOMAIN_COMPONENT: ("DC", 63),
+    cx509.NameOID.SERIAL_NUMBER: ("serialNumber", 64),
+}
+_COUNTRY = re.compile(r"^[A-Z]{2}$")
+
+
 def parse_subject(text: str) -> x509.Name:
     """Parse an RFC 4514 distinguished name such as 'CN=VMS Certificate Authority,O=Example'."""
+    hint = "write it like 'CN=VMS Certificate Authority,O=Example'"
+    allowed = ", ".join(short for short, _ in _SUBJECT_ATTRIBUTES.values())
     try:
         name = cx509.Name.from_rfc4514_string(text)
     except ValueError as exc:
-        raise InvalidRequest(
-            f"invalid subject {text!r}: {exc}; "
-            "write it like 'CN=VMS Certificate Authority,O=Example'"
-        ) from None
+        reason = str(exc) or f"unknown attribute or bad syntax (attributes: {allowed})"
+        raise InvalidRequest(f"invalid subject {text!r}: {reason}; {hint}") from None
     if not name.rdns:
         raise InvalidRequest("the subject is empty; give at least a CN, e.g. 'CN=VMS CA'")
     for attribute in name:
+        if attribute.oid not in _SUBJECT_ATTRIBUTES:
+            raise InvalidRequest(
+                f"invalid subject {text!r}: attribute {attribute.oid.dotted_string} is not "
+                f"supported; use {allowed}"
+            )
+        short, limit = _SUBJECT_ATTRIBUTES[attribute.oid]
         value = attribute.value
-        if isinstance(value, str) and not value.strip():
+        if not isinstance(value, str) or not value.strip():
+            raise InvalidRequest(f"invalid subject {text!r}: {short} is empty")
+        if any(ch < " " or ch == "\x7f" for ch in value):
+            raise InvalidRequest(f"invalid subject {text!r}: {short} has a control character")
+        if len(value) > limit:
             raise InvalidRequest(
-                f"invalid subject {text!r}: attribute {attribute.rfc4514_attribute_name} is empty"
+                f"invalid subject {text!r}: {short} may have at most {limit} characters"
             )
-        if attribute.oid == cx509.NameOID.COMMON_NAME and len(value) > MAX_COMMON_NAME:
+        if short == "C" and not _COUNTRY.match(value):
             raise InvalidRequest(
-                f"invalid subject {text!r}: the CN may have at most {MAX_COMMON_NAME} characters"
+                f"invalid subject {text!r}: C must be a two-letter country code such as DK"
             )
-        if attribute.oid == cx509.NameOID.COUNTRY_NAME and len(value) != 2:
-            raise InvalidRequest(f"invalid subject {text!r}: C must be a two-letter country code")
     return x509.Name.load(name.public_bytes())
 
 
@@ -176,6 +203,11 @@ def random_serial() -> int:
         serial = secrets.randbits(SERIAL_BITS)
         if serial >= MIN_SERIAL:
             return serial
+
+
+def serial_hex(serial: int) -> str:
+    """The serial as Windows and OpenSSL show it: the DER INTEGER's bytes in lowercase hex."""
+    return serial.to_bytes(serial.bit_length() // 8 + 1, "big").lstrip(b"\0").hex() or "00"
 
 
 def utc_now() -> dt.datetime:

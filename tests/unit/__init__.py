@@ -1,0 +1,1 @@
+"""Pure unit tests: no token, no files; certificates are signed by in-memory software keys."""
