@@ -263,10 +263,10 @@ def issue(ca_dir, dns, ip, days, key_type, password_file, legacy_pfx, out, force
     )
     for note in issued.notes:
         click.echo(f"Note: {note}", err=True)
+    names = ", ".join([*request.dns_names, *map(str, request.ip_addresses)])
     click.echo(
-        f"Wrote {issued.path} (serial {x509build.serial_hex(issued.serial)}, {', '.join(request.dns_names)}"
-        + "".join(f", {address}" for address in request.ip_addresses)
-        + f"; valid until {issued.not_after:%Y-%m-%d})"
+        f"Wrote {issued.path} (serial {x509build.serial_hex(issued.serial)}, {names}; "
+        f"valid until {issued.not_after:%Y-%m-%d})"
     )
 
 
