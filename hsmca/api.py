@@ -24,6 +24,7 @@ from .models import (
     KeyType,
     ServerRequest,
 )
+from .p11uri import TokenSelector, parse_token_spec
 
 KEY_CHECK_MESSAGE = b"hsmca: proof that the new CA key signs and the host can verify it"
 
@@ -56,7 +57,7 @@ def init_ca(
     ca_dir: Path,
     *,
     module: str,
-    token_label: str,
+    token_spec: str,
     pin_source: token.PinSource,
     key_label: str = DEFAULT_KEY_LABEL,
     key_type: KeyType = KeyType.RSA3072,
@@ -64,14 +65,20 @@ def init_ca(
     days: int = DEFAULT_CA_DAYS,
     always_authenticate: bool = False,
 ) -> CaCreated:
-    """Generate the CA key on the token, self-sign the root there, and create CA_DIR."""
+    """Generate the CA key on the token, self-sign the root there, and create CA_DIR.
+
+    `token_spec` is a token label or a PKCS#11 URI; a URI's module-path stands in for an
+    empty `module`.
+    """
     ca_dir = Path(ca_dir)
     store.check_new_ca_dir(ca_dir)
     subject_name = x509build.parse_subject(subject)
     x509build.validate_days(days)
     if not key_label.strip():
         raise InvalidRequest("the key label is empty; give one with --key-label")
-    device = token.find_token(module, token_label)
+    selector = parse_token_spec(token_spec)
+    module = module or selector.module_path or ""
+    device = token.find_token(module, selector)
     info = token.token_info(device)
     with token.open_session(device, pin_source, rw=True) as session:
         generated = token.generate_ca_key(session, key_type, key_label, always_authenticate)
@@ -104,7 +111,7 @@ def init_ca(
             )
             config = CaConfig(
                 module=str(Path(module).absolute()),
-                token_label=token_label,
+                token_label=info.label,
                 token_serial=info.serial,
                 key_label=key_label,
                 key_id=generated.key_id,
@@ -208,13 +215,9 @@ def open_ca(ca_dir: Path, pin_source: token.PinSource) -> Iterator[OpenCa]:
         raise InvalidRequest(
             f"{ca_dir / store.CA_CERT_DER_NAME} is not a DER certificate; restore it"
         ) from None
-    device = token.find_token(config.module, config.token_label)
-    if token.token_info(device).serial != config.token_serial:
-        raise InvalidRequest(
-            f"the token labelled {config.token_label!r} has serial "
-            f"{token.token_info(device).serial}, but {ca_dir} was made with serial "
-            f"{config.token_serial}; plug in the CA's own token"
-        )
+    device = token.find_token(
+        config.module, TokenSelector(label=config.token_label, serial=config.token_serial)
+    )
     with token.open_session(device, pin_source) as session:
         private_key = token.find_private_key(session, config.key_id, config.key_label)
         signer = token.TokenSigner(session, private_key, config.key_type, pin_source)

@@ -165,7 +165,12 @@ def cli() -> None:
     envvar=MODULE_ENV,
     help=f"PKCS#11 library (else ${MODULE_ENV}), e.g. /usr/lib/softhsm/libsofthsm2.so.",
 )
-@click.option("--token", "token_label", required=True, help="Label of the token.")
+@click.option(
+    "--token",
+    "token_spec",
+    required=True,
+    help="The token's label, or a PKCS#11 URI (pkcs11:token=...;serial=...).",
+)
 @click.option("--key-label", default="hsmca-ca", show_default=True, help="Label of the CA key.")
 @click.option("--key-type", type=click.Choice(CA_KEY_CHOICES), default="rsa3072", show_default=True)
 @click.option(
@@ -182,16 +187,18 @@ def cli() -> None:
 )
 @pin_file_option
 def init(
-    ca_dir, module, token_label, key_label, key_type, subject, days, always_authenticate, pin_file
+    ca_dir, module, token_spec, key_label, key_type, subject, days, always_authenticate, pin_file
 ) -> None:
     """Generate the CA key on the token, self-sign the root there and create CA_DIR."""
     from . import api
+    from .p11uri import parse_token_spec
 
+    selector = parse_token_spec(token_spec)
     created = api.init_ca(
         ca_dir,
         module=module or "",
-        token_label=token_label,
-        pin_source=pin_source(pin_file),
+        token_spec=token_spec,
+        pin_source=pin_source(pin_file or selector.pin_file()),
         key_label=key_label,
         key_type=_key_type(key_type),
         subject=subject,

@@ -29,6 +29,7 @@ from pkcs11.util.rsa import encode_rsa_public_key
 
 from .errors import TokenError
 from .models import KeyType
+from .p11uri import TokenSelector
 
 # python-pkcs11 must never sign from two threads of one process at once (SoftHSM's heap breaks).
 _SIGN_LOCK = threading.Lock()
@@ -119,31 +120,40 @@ def _token_info(token) -> TokenInfo:
     )
 
 
-def find_token(module: str, label: str, serial: str | None = None):
-    """The one initialised token with this label (and serial, when given)."""
+def find_token(module: str, selector: TokenSelector | str):
+    """The one initialised token that matches `selector` (a label, or the fields of a URI)."""
+    if isinstance(selector, str):
+        selector = TokenSelector(label=selector)
     library = load_library(module)
-    with translate_errors(f"token {label!r}"):
-        tokens = list(library.get_tokens())
-    initialised = [t for t in tokens if t.label]
+    with translate_errors("the PKCS#11 module"):
+        tokens = [t for t in library.get_tokens() if t.label]
+    wanted = {
+        "label": selector.label,
+        "serial": selector.serial,
+        "manufacturer": selector.manufacturer,
+        "model": selector.model,
+    }
+    wanted = {field: value for field, value in wanted.items() if value is not None}
+    infos = [_token_info(t) for t in tokens]
     matches = [
-        t
-        for t in initialised
-        if t.label == label and (serial is None or _token_info(t).serial == serial)
+        (t, info)
+        for t, info in zip(tokens, infos, strict=True)
+        if all(getattr(info, field) == value for field, value in wanted.items())
     ]
+    description = ", ".join(f"{field} {value!r}" for field, value in wanted.items()) or "any"
     if not matches:
-        known = ", ".join(repr(t.label) for t in initialised) or "none"
-        wanted = f"{label!r}" + (f" with serial {serial}" if serial else "")
+        known = ", ".join(str(info) for info in infos) or "none"
         raise TokenError(
-            f"no token labelled {wanted} in {module}; tokens present: {known}. "
+            f"no token with {description} in {module}; tokens present: {known}. "
             "Check the token label and that the token is plugged in"
         )
     if len(matches) > 1:
-        listed = ", ".join(str(_token_info(t)) for t in matches)
+        listed = ", ".join(str(info) for _, info in matches)
         raise TokenError(
-            f"{len(matches)} tokens are labelled {label!r}: {listed}. "
-            "Tell them apart by serial number"
+            f"{len(matches)} tokens match {description}: {listed}. "
+            "Tell them apart by serial number (a PKCS#11 URI: pkcs11:token=...;serial=...)"
         )
-    return matches[0]
+    return matches[0][0]
 
 
 def token_info(token) -> TokenInfo:

@@ -147,7 +147,7 @@ def ca_factory(tmp_path_factory, module, token_factory):
             created = api.init_ca(
                 ca_dir,
                 module=module,
-                token_label=tok.label,
+                token_spec=tok.label,
                 pin_source=tok.pin_source,
                 key_type=key_type,
             )

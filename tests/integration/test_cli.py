@@ -170,7 +170,7 @@ def test_init_with_a_wrong_pin_writes_nothing(tmp_path, module, token):
 
 def test_init_names_the_tokens_present_for_an_unknown_label(tmp_path, module, token):
     result = run([*init_args(tmp_path / "ca", module, token)[:4], "--token", "No Such Token"])
-    assert_error(result, "no token labelled 'No Such Token'", repr(token.label))
+    assert_error(result, "no token with label 'No Such Token'", repr(token.label))
     assert not (tmp_path / "ca").exists()
 
 

@@ -17,6 +17,7 @@ from hsmca import api, token, x509build
 from hsmca.cli import cli
 from hsmca.errors import TokenError
 from hsmca.models import KeyType
+from hsmca.p11uri import parse_token_spec
 
 RAW_MECHANISMS = (
     "CKM_RSA_PKCS_KEY_PAIR_GEN,CKM_EC_KEY_PAIR_GEN,CKM_RSA_PKCS,CKM_ECDSA,CKM_SHA256,CKM_SHA384"
@@ -27,7 +28,12 @@ PASSWORD = "pfx password"
 def hsmca(args, env, cwd):
     return subprocess.run(
         [sys.executable, "-c", "from hsmca.cli import main; main()", *args],
-        env=env, cwd=cwd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120,
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
     )
 
 
@@ -41,26 +47,48 @@ def test_init_and_issue_on_a_token_with_raw_mechanisms_only(
     raw_conf, module, tmp_path, ca_key_type
 ):
     tok = init_token(f"raw-{ca_key_type}", raw_conf)
-    env = dict(os.environ, SOFTHSM2_CONF=str(raw_conf), HSMCA_MODULE=module,
-               HSMCA_PIN=tok.pin, HSMCA_PFX_PASSWORD=PASSWORD)
+    env = dict(
+        os.environ,
+        SOFTHSM2_CONF=str(raw_conf),
+        HSMCA_MODULE=module,
+        HSMCA_PIN=tok.pin,
+        HSMCA_PFX_PASSWORD=PASSWORD,
+    )
     mechanisms = subprocess.run(
         ["pkcs11-tool", "--module", module, "--token-label", tok.label, "-M"],
-        env=env, capture_output=True, text=True, check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "SHA256-RSA-PKCS" not in mechanisms and "ECDSA-SHA256" not in mechanisms
     assert "RSA-PKCS," in mechanisms or "RSA-PKCS\n" in mechanisms
     created = hsmca(["init", "ca", "--token", tok.label, "--key-type", ca_key_type], env, tmp_path)
     assert created.returncode == 0, created.stderr
-    issued = hsmca(["issue", "--ca-dir", "ca", "--dns", "rec1.example.com", "--ip", "10.1.2.3"],
-                   env, tmp_path)
+    issued = hsmca(
+        ["issue", "--ca-dir", "ca", "--dns", "rec1.example.com", "--ip", "10.1.2.3"], env, tmp_path
+    )
     assert issued.returncode == 0, issued.stderr
     _, leaf, _ = pkcs12.load_key_and_certificates(
-        (tmp_path / "rec1.example.com.pfx").read_bytes(), PASSWORD.encode())
+        (tmp_path / "rec1.example.com.pfx").read_bytes(), PASSWORD.encode()
+    )
     (tmp_path / "leaf.pem").write_bytes(leaf.public_bytes(Encoding.PEM))
     verified = subprocess.run(
-        ["openssl", "verify", "-x509_strict", "-purpose", "sslserver", "-verify_hostname",
-         "rec1.example.com", "-CAfile", "ca/ca.pem", "leaf.pem"],
-        cwd=tmp_path, capture_output=True, text=True,
+        [
+            "openssl",
+            "verify",
+            "-x509_strict",
+            "-purpose",
+            "sslserver",
+            "-verify_hostname",
+            "rec1.example.com",
+            "-CAfile",
+            "ca/ca.pem",
+            "leaf.pem",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
     )
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
@@ -80,8 +108,9 @@ def test_raw_mechanism_signer_chooses_the_raw_mechanism(raw_conf, module, tmp_pa
         "        signer = token.TokenSigner(s, priv, kt, lambda info: None)\n"
         "        print(kt.value, signer.mechanism.name)\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["rsa2048", "RSA_PKCS", "p256", "ECDSA"]
 
@@ -100,9 +129,22 @@ def test_always_authenticate_key_gets_the_pin_before_every_signature(
     token_factory, module, tmp_path
 ):
     tok = token_factory()
-    result = CliRunner().invoke(cli, [
-        "init", str(tmp_path / "ca"), "--module", module, "--token", tok.label, "--key-type",
-        "p256", "--always-authenticate", "--pin-file", str(tok.pin_file)])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "init",
+            str(tmp_path / "ca"),
+            "--module",
+            module,
+            "--token",
+            tok.label,
+            "--key-type",
+            "p256",
+            "--always-authenticate",
+            "--pin-file",
+            str(tok.pin_file),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "always_authenticate=True" in result.output
     calls = []
@@ -112,8 +154,13 @@ def test_always_authenticate_key_gets_the_pin_before_every_signature(
         return tok.pin
 
     request = x509build.server_request(["rec1.example.com"], [], 30, KeyType.P256)
-    issued = api.issue_server(tmp_path / "ca", request, password=PASSWORD,
-                              pin_source=counting_pin_source, out=tmp_path / "rec1.pfx")
+    issued = api.issue_server(
+        tmp_path / "ca",
+        request,
+        password=PASSWORD,
+        pin_source=counting_pin_source,
+        out=tmp_path / "rec1.pfx",
+    )
     # One login, then one context-specific login for the key check and one for the certificate.
     assert calls == [tok.serial] * 3
     assert issued.path.exists()
@@ -125,11 +172,12 @@ def test_two_tokens_with_one_label_are_told_apart_by_serial(token_factory, modul
     with pytest.raises(TokenError) as raised:
         token.find_token(module, "Twin CA")
     message = str(raised.value)
-    assert "2 tokens are labelled 'Twin CA'" in message
+    assert "2 tokens match label 'Twin CA'" in message
     assert first.serial in message and second.serial in message
-    assert token.token_info(token.find_token(module, "Twin CA", serial=second.serial)).serial == (
-        second.serial
+    by_uri = token.find_token(
+        module, parse_token_spec(f"pkcs11:token=Twin%20CA;serial={second.serial}")
     )
+    assert token.token_info(by_uri).serial == second.serial
 
 
 @pytest.mark.parametrize(
@@ -148,3 +196,24 @@ def test_pkcs11_errors_become_sentences(exception, fragment):
         raise exception()
     assert fragment in str(raised.value)
     assert "token 'X' (serial 1)" in str(raised.value)
+
+
+def test_init_with_a_pkcs11_uri_naming_module_and_pin_file(token_factory, module, tmp_path):
+    twin = token_factory("Twin URI CA")
+    chosen = token_factory("Twin URI CA")
+    uri = (
+        f"pkcs11:token=Twin%20URI%20CA;serial={chosen.serial}"
+        f"?module-path={module}&pin-source=file:{chosen.pin_file}"
+    )
+    result = CliRunner().invoke(
+        cli, ["init", str(tmp_path / "ca"), "--token", uri, "--key-type", "p256"]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"serial {chosen.serial}" in result.output
+    config = (tmp_path / "ca" / "hsmca.toml").read_text()
+    assert f'serial = "{chosen.serial}"' in config and twin.serial not in config
+    refused = CliRunner().invoke(
+        cli, ["init", str(tmp_path / "ca2"), "--token", f"pkcs11:token=x?pin-value={chosen.pin}"]
+    )
+    assert refused.exit_code == 1 and "pin-value" in refused.output
+    assert chosen.pin not in refused.output
