@@ -143,6 +143,18 @@ def ca_dir_option(function):
     )(function)
 
 
+def module_option(function):
+    return click.option(
+        "--module",
+        envvar=MODULE_ENV,
+        help=f"PKCS#11 library (else ${MODULE_ENV}), e.g. /usr/lib/softhsm/libsofthsm2.so.",
+    )(function)
+
+
+def json_option(function):
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(function)
+
+
 def _key_type(value: str):
     from .models import KeyType
 
@@ -160,11 +172,7 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("ca_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option(
-    "--module",
-    envvar=MODULE_ENV,
-    help=f"PKCS#11 library (else ${MODULE_ENV}), e.g. /usr/lib/softhsm/libsofthsm2.so.",
-)
+@module_option
 @click.option(
     "--token",
     "token_spec",
@@ -275,6 +283,83 @@ def issue(ca_dir, dns, ip, days, key_type, password_file, legacy_pfx, out, force
         f"Wrote {issued.path} (serial {x509build.serial_hex(issued.serial)}, {names}; "
         f"valid until {issued.not_after:%Y-%m-%d})"
     )
+
+
+def _print_json(value) -> None:
+    import json
+
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+@cli.group(name="token")
+def token_group() -> None:
+    """Look at the tokens a PKCS#11 module offers."""
+
+
+@token_group.command(name="list")
+@module_option
+@json_option
+def token_list(module, as_json) -> None:
+    """Slots and tokens, with their flags; no login needed."""
+    from . import token
+
+    slots = token.describe_slots(module or "")
+    if as_json:
+        _print_json(slots)
+        return
+    for slot in slots:
+        device = slot["token"]
+        if device is None:
+            click.echo(f"slot {slot['slot_id']}: no token ({slot['description']})")
+            continue
+        if not device["initialized"]:
+            click.echo(f"slot {slot['slot_id']}: uninitialised token ({device['model']})")
+            continue
+        click.echo(
+            f"slot {slot['slot_id']}: token {device['label']!r} serial {device['serial']} "
+            f"{device['manufacturer']} {device['model']}"
+            + (" [PIN pad]" if device["pin_pad"] else "")
+        )
+        click.echo(f"    flags: {', '.join(device['flags'])}")
+
+
+@token_group.command(name="info")
+@module_option
+@click.option("--token", "token_spec", required=True, help="Token label or PKCS#11 URI.")
+@pin_file_option
+@json_option
+def token_info(module, token_spec, pin_file, as_json) -> None:
+    """Mechanisms with key sizes; after login, the keys and certificates on the token."""
+    from . import token
+    from .p11uri import parse_token_spec
+
+    selector = parse_token_spec(token_spec)
+    module = module or selector.module_path or ""
+    device = token.find_token(module, selector)
+    mechanisms = token.describe_mechanisms(device)
+    with token.open_session(device, pin_source(pin_file or selector.pin_file())) as session:
+        objects = token.describe_objects(session)
+    if as_json:
+        _print_json(
+            {"token": str(token.token_info(device)), "mechanisms": mechanisms, "objects": objects}
+        )
+        return
+    click.echo(f"{token.token_info(device)}")
+    click.echo("mechanisms:")
+    for mechanism in mechanisms:
+        sizes = ""
+        if mechanism["max_key_size"]:
+            sizes = f" {mechanism['min_key_size']}-{mechanism['max_key_size']} bits"
+        click.echo(f"  {mechanism['mechanism']}{sizes} ({', '.join(mechanism['flags'])})")
+    click.echo("objects:")
+    for obj in objects:
+        details = [f"id {obj['id']}"]
+        if "key_type" in obj:
+            details.append(f"{obj['key_type']} {obj['size'] or '?'}")
+        for attribute in token.SAFETY_ATTRIBUTE_NAMES:
+            if attribute in obj:
+                details.append(f"{attribute}={obj[attribute]}")
+        click.echo(f"  {obj['class']} {obj['label']!r}: {', '.join(details)}")
 
 
 def main() -> None:

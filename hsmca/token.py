@@ -43,6 +43,7 @@ KEY_SAFETY_ATTRIBUTES = (
     Attribute.LOCAL,
     Attribute.ALWAYS_AUTHENTICATE,
 )
+SAFETY_ATTRIBUTE_NAMES = tuple(attribute.name.lower() for attribute in KEY_SAFETY_ATTRIBUTES)
 
 PinSource = Callable[["TokenInfo"], str | None]
 """Called with the token about to be logged in to; returns that token's user PIN.
@@ -303,7 +304,10 @@ def generate_ca_key(
 
 def read_safety_attributes(private_key) -> dict[str, bool]:
     values = private_key.get_attributes(list(KEY_SAFETY_ATTRIBUTES))
-    return {attr.name.lower(): bool(values.get(attr)) for attr in KEY_SAFETY_ATTRIBUTES}
+    return {
+        name: bool(values.get(attr))
+        for name, attr in zip(SAFETY_ATTRIBUTE_NAMES, KEY_SAFETY_ATTRIBUTES, strict=True)
+    }
 
 
 def destroy_key(session, key_id: bytes) -> None:
@@ -430,3 +434,101 @@ class TokenSigner:
         if self._key_type.is_rsa:
             return signature
         return encode_ecdsa_signature(signature)
+
+
+# --- looking at tokens (hsmca token list / info) ----------------------------------------------
+
+
+def _flag_names(flags) -> list[str]:
+    return sorted(flag.name.lower() for flag in type(flags) if flag and flags & flag)
+
+
+def describe_slots(module: str) -> list[dict]:
+    """Every slot of the module and its token, if any, with flags; no login needed."""
+    library = load_library(module)
+    described = []
+    with translate_errors("the PKCS#11 module"):
+        for slot in library.get_slots():
+            entry: dict = {
+                "slot_id": slot.slot_id,
+                "description": slot.slot_description.strip(),
+                "manufacturer": slot.manufacturer_id.strip(),
+                "slot_flags": _flag_names(slot.flags),
+                "token": None,
+            }
+            if slot.flags & pkcs11.SlotFlag.TOKEN_PRESENT:
+                try:
+                    device = slot.get_token()
+                except (p11.TokenNotPresent, p11.TokenNotRecognised):
+                    device = None
+                if device is not None:
+                    info = _token_info(device)
+                    entry["token"] = {
+                        "label": info.label,
+                        "serial": info.serial,
+                        "manufacturer": info.manufacturer.strip(),
+                        "model": info.model.strip(),
+                        "initialized": bool(device.flags & pkcs11.TokenFlag.TOKEN_INITIALIZED),
+                        "pin_pad": info.protected_auth_path,
+                        "flags": _flag_names(device.flags),
+                    }
+            described.append(entry)
+    return described
+
+
+def describe_mechanisms(device) -> list[dict]:
+    """The token's mechanisms with key sizes and capabilities."""
+    slot = device.slot
+    described = []
+    with translate_errors(str(_token_info(device))):
+        for mechanism in sorted(slot.get_mechanisms(), key=int):
+            info = slot.get_mechanism_info(mechanism)
+            name = mechanism.name if isinstance(mechanism, Mechanism) else f"0x{int(mechanism):08x}"
+            described.append(
+                {
+                    "mechanism": f"CKM_{name}",
+                    "min_key_size": info.min_key_length,
+                    "max_key_size": info.max_key_length,
+                    "flags": _flag_names(info.flags),
+                }
+            )
+    return described
+
+
+_OBJECT_CLASSES = {
+    ObjectClass.PRIVATE_KEY: "private key",
+    ObjectClass.PUBLIC_KEY: "public key",
+    ObjectClass.CERTIFICATE: "certificate",
+}
+
+
+def describe_objects(session) -> list[dict]:
+    """Keys and certificates visible in a logged-in session, with the safety attributes."""
+    described = []
+    with translate_errors(str(_token_info(session.token))):
+        for object_class, kind in _OBJECT_CLASSES.items():
+            for obj in session.get_objects({Attribute.CLASS: object_class}):
+                basics = obj.get_attributes([Attribute.LABEL, Attribute.ID])
+                entry: dict = {
+                    "class": kind,
+                    "label": basics.get(Attribute.LABEL, ""),
+                    "id": (basics.get(Attribute.ID) or b"").hex(),
+                }
+                if object_class != ObjectClass.CERTIFICATE:
+                    entry["key_type"] = obj.key_type.name.lower()
+                    entry["size"] = _key_size(obj)
+                if object_class == ObjectClass.PRIVATE_KEY:
+                    entry.update(read_safety_attributes(obj))
+                described.append(entry)
+    return described
+
+
+def _key_size(key) -> int | None:
+    try:
+        if key.key_type == P11KeyType.RSA:
+            return key.key_length
+        params = key[Attribute.EC_PARAMS]
+        curve = keys.ECDomainParameters.load(params).chosen.native
+        return {"secp256r1": 256, "secp384r1": 384, "secp521r1": 521}.get(curve)
+    except (p11.PKCS11Error, ValueError, KeyError):
+        return None

@@ -217,3 +217,30 @@ def test_init_with_a_pkcs11_uri_naming_module_and_pin_file(token_factory, module
     )
     assert refused.exit_code == 1 and "pin-value" in refused.output
     assert chosen.pin not in refused.output
+
+
+def test_token_list_and_info_as_json(ca_factory, module):
+    import json
+
+    _, tok, created = ca_factory(KeyType.RSA2048)
+    listed = CliRunner().invoke(cli, ["token", "list", "--module", module, "--json"])
+    assert listed.exit_code == 0, listed.output
+    tokens = [slot["token"] for slot in json.loads(listed.output) if slot["token"]]
+    (mine,) = [t for t in tokens if t["label"] == tok.label]
+    assert mine["serial"] == tok.serial and mine["initialized"] and not mine["pin_pad"]
+    assert "login_required" in mine["flags"]
+
+    shown = CliRunner().invoke(cli, ["token", "info", "--module", module, "--token", tok.label,
+                                     "--pin-file", str(tok.pin_file), "--json"])
+    assert shown.exit_code == 0, shown.output
+    info = json.loads(shown.output)
+    mechanisms = {m["mechanism"]: m for m in info["mechanisms"]}
+    assert "sign" in mechanisms["CKM_SHA256_RSA_PKCS"]["flags"]
+    assert mechanisms["CKM_RSA_PKCS_KEY_PAIR_GEN"]["max_key_size"] >= 4096
+    by_class = {o["class"]: o for o in info["objects"] if o["id"] == created.key_id.hex()}
+    assert set(by_class) == {"private key", "public key", "certificate"}
+    private = by_class["private key"]
+    assert (private["key_type"], private["size"]) == ("rsa", 2048)
+    assert private["sensitive"] and private["never_extractable"] and private["local"]
+    assert not private["extractable"]
+    assert tok.pin not in shown.output
