@@ -104,7 +104,7 @@ class AuditLog:
                 "that owns the CA directory or fix its permissions"
             ) from None
         if created:
-            store._sync_directory(self.path.parent)
+            store.sync_directory(self.path.parent)
 
     def __enter__(self) -> AuditLog:
         return self

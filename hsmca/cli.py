@@ -155,6 +155,22 @@ def json_option(function):
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(function)
 
 
+def password_file_option(function):
+    return click.option(
+        "--password-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help=f"File holding the PFX password (else ${PASSWORD_ENV}, else a hidden prompt).",
+    )(function)
+
+
+def legacy_option(function):
+    return click.option(
+        "--legacy-pfx",
+        is_flag=True,
+        help="3DES/SHA-1 PFX for Windows Server 2016 and Windows 10 before 1709.",
+    )(function)
+
+
 def _key_type(value: str):
     from .models import KeyType
 
@@ -234,16 +250,8 @@ def init(
 @click.option(
     "--key-type", type=click.Choice(SERVER_KEY_CHOICES), default="rsa2048", show_default=True
 )
-@click.option(
-    "--password-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help=f"File holding the PFX password (else ${PASSWORD_ENV}, else a hidden prompt).",
-)
-@click.option(
-    "--legacy-pfx",
-    is_flag=True,
-    help="3DES/SHA-1 PFX for Windows Server 2016 and Windows 10 before 1709.",
-)
+@password_file_option
+@legacy_option
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -254,6 +262,7 @@ def init(
 def issue(ca_dir, dns, ip, days, key_type, password_file, legacy_pfx, out, force, pin_file):
     """Issue a recording-server certificate as a password-protected PFX."""
     from . import api, store, x509build
+    from .db import serial_hex
 
     if not dns:
         if not sys.stdin.isatty():
@@ -280,7 +289,7 @@ def issue(ca_dir, dns, ip, days, key_type, password_file, legacy_pfx, out, force
         click.echo(f"Note: {note}", err=True)
     names = ", ".join([*request.dns_names, *map(str, request.ip_addresses)])
     click.echo(
-        f"Wrote {issued.path} (serial {x509build.serial_hex(issued.serial)}, {names}; "
+        f"Wrote {issued.path} (serial {serial_hex(issued.serial)}, {names}; "
         f"valid until {issued.not_after:%Y-%m-%d})"
     )
 
@@ -289,6 +298,155 @@ def _print_json(value) -> None:
     import json
 
     click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def _records_table(records) -> None:
+    import datetime as dt
+
+    now = dt.datetime.now(dt.UTC)
+    rows = [
+        (
+            record.serial,
+            record.subject,
+            ", ".join([*record.dns, *record.ip]),
+            f"{record.not_after:%Y-%m-%d}",
+            str(record.days_left(now)),
+            record.effective_status(now),
+        )
+        for record in records
+    ]
+    header = ("SERIAL", "SUBJECT", "NAMES", "NOT AFTER", "DAYS", "STATUS")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        click.echo(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+@cli.command(name="list")
+@ca_dir_option
+@click.option("--expiring", type=click.IntRange(min=0), help="Only those expiring within DAYS.")
+@click.option(
+    "--status",
+    type=click.Choice(["active", "superseded", "revoked", "expired", "all"]),
+    default="active",
+    show_default=True,
+)
+@json_option
+def list_command(ca_dir, expiring, status, as_json) -> None:
+    """What the CA has issued: serial, subject, names, expiry, status. Needs no token."""
+    import datetime as dt
+
+    from . import queries
+
+    records = queries.list_certificates(ca_dir, status=status, expiring_within=expiring)
+    if as_json:
+        now = dt.datetime.now(dt.UTC)
+        _print_json([record.to_dict(now) for record in records])
+    else:
+        _records_table(records)
+
+
+@cli.command(name="check-expiry")
+@ca_dir_option
+@click.option(
+    "--within", type=click.IntRange(min=0), default=30, show_default=True, help="Days ahead."
+)
+@json_option
+def check_expiry(ca_dir, within, as_json) -> None:
+    """Exit 1 if an active certificate expires within DAYS; for schedulers and monitoring."""
+    import datetime as dt
+
+    from . import queries
+
+    now = dt.datetime.now(dt.UTC)
+    records = queries.expiring_certificates(ca_dir, within)
+    if as_json:
+        _print_json([record.to_dict(now) for record in records])
+    else:
+        for record in records:
+            left = record.days_left(now)
+            when = f"expired {-left} days ago" if left < 0 else f"expires in {left} days"
+            click.echo(
+                f"{record.subject} (serial {record.serial}, {', '.join(record.dns) or '-'}) "
+                f"{when}, on {record.not_after:%Y-%m-%d}"
+            )
+        if not records:
+            click.echo(f"No active certificate expires within {within} days.")
+    if records:
+        sys.exit(1)
+
+
+@cli.command()
+@ca_dir_option
+@click.argument("serial_or_name")
+@password_file_option
+@legacy_option
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Output PFX.")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+@pin_file_option
+def renew(ca_dir, serial_or_name, password_file, legacy_pfx, out, force, pin_file) -> None:
+    """A new key and certificate with the same names; the old one becomes superseded."""
+    from . import api, store
+    from .db import serial_hex
+
+    record, request = api.renewal_request(ca_dir, serial_or_name)
+    out = out or api.default_pfx_path(request)
+    store.check_output(out, force)
+    renewal = api.renew(
+        ca_dir,
+        record.serial,
+        password=pfx_password(password_file),
+        pin_source=pin_source(pin_file),
+        out=out,
+        legacy=legacy_pfx,
+        force=force,
+    )
+    for note in renewal.issued.notes:
+        click.echo(f"Note: {note}", err=True)
+    click.echo(
+        f"Wrote {renewal.issued.path} (serial {serial_hex(renewal.issued.serial)} replaces "
+        f"{renewal.old_serial}; valid until {renewal.issued.not_after:%Y-%m-%d})"
+    )
+
+
+@cli.command()
+@ca_dir_option
+@click.argument("serial")
+@click.option(
+    "--reason",
+    type=click.Choice(
+        ["unspecified", "keyCompromise", "affiliationChanged", "superseded", "cessationOfOperation"]
+    ),
+    default="unspecified",
+    show_default=True,
+)
+def revoke(ca_dir, serial, reason) -> None:
+    """Mark a certificate revoked; publish it with 'hsmca crl'. Needs no token."""
+    from . import api
+
+    revoked = api.revoke(ca_dir, serial, reason)
+    click.echo(
+        f"Revoked {revoked.serial} ({revoked.subject}, reason {revoked.revocation_reason}); "
+        "run 'hsmca crl' to publish it"
+    )
+
+
+@cli.group(name="audit")
+def audit_group() -> None:
+    """The CA's hash-chained audit log."""
+
+
+@audit_group.command(name="verify")
+@ca_dir_option
+def audit_verify(ca_dir) -> None:
+    """Check every entry and the chain; exit 1 at the first bad line."""
+    from . import queries
+
+    result = queries.verify_audit_log(ca_dir)
+    if not result.ok:
+        raise HsmcaError(result.message)
+    click.echo(result.message)
 
 
 @cli.group(name="token")

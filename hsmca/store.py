@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import HsmcaError, InvalidRequest, OutputExists
@@ -58,7 +60,7 @@ def write_file(path: Path, data: bytes, mode: int = PUBLIC_MODE, force: bool = F
             stream.flush()
             os.fsync(stream.fileno())
         _publish(Path(temporary), path, force)
-        _sync_directory(parent)
+        sync_directory(parent)
     except FileExistsError:
         raise OutputExists(
             f"{path} already exists; use --force to replace it or choose --out"
@@ -85,7 +87,7 @@ def _publish(temporary: Path, path: Path, force: bool) -> None:
         os.replace(temporary, path)
 
 
-def _sync_directory(directory: Path) -> None:
+def sync_directory(directory: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
         try:
@@ -106,11 +108,16 @@ def check_new_ca_dir(ca_dir: Path) -> None:
             raise InvalidRequest(f"{ca_dir} is not empty; a new CA needs an empty or new directory")
 
 
-def create_ca_dir(ca_dir: Path, files: dict[str, tuple[bytes, int]]) -> None:
+def create_ca_dir(
+    ca_dir: Path,
+    files: dict[str, tuple[bytes, int]],
+    populate: Callable[[Path], None] | None = None,
+) -> None:
     """Create `ca_dir` holding `files` (name -> (data, mode)) all at once, or not at all.
 
-    The files are written into a hidden sibling directory that is renamed into place, so an
-    interrupted init leaves no half-made CA directory behind.
+    The files are written into a hidden sibling directory, `populate` may add more there (the
+    database), and the directory is renamed into place, so an interrupted init leaves no
+    half-made CA directory behind.
     """
     ca_dir = ca_dir.absolute()
     check_new_ca_dir(ca_dir)
@@ -123,16 +130,16 @@ def create_ca_dir(ca_dir: Path, files: dict[str, tuple[bytes, int]]) -> None:
         os.chmod(staging, 0o755)  # noqa: S103 (CA_DIR holds public files; mkdtemp made it 0700)
         for name, (data, mode) in files.items():
             write_file(staging / name, data, mode)
+        if populate is not None:
+            populate(staging)
         # rename() onto an empty directory replaces it; onto a non-empty one it fails.
         os.rename(staging, ca_dir)
-        _sync_directory(ca_dir.parent)
+        sync_directory(ca_dir.parent)
     except OSError as exc:
         raise HsmcaError(f"cannot create {ca_dir}: {exc.strerror}") from None
     finally:
         if staging.exists():
-            for child in staging.iterdir():
-                child.unlink()
-            staging.rmdir()
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _toml_string(value: str) -> str:

@@ -205,11 +205,6 @@ def random_serial() -> int:
             return serial
 
 
-def serial_hex(serial: int) -> str:
-    """The serial as Windows and OpenSSL show it: the DER INTEGER's bytes in lowercase hex."""
-    return serial.to_bytes(serial.bit_length() // 8 + 1, "big").lstrip(b"\0").hex() or "00"
-
-
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
 

@@ -56,6 +56,7 @@ def init_token(label: str, conf: Path) -> Token:
     pin = secrets.token_hex(8)
     so_pin = secrets.token_hex(8)
     env = dict(os.environ, SOFTHSM2_CONF=str(conf))
+    before = _serials(label, env)
     subprocess.run(
         [
             "softhsm2-util",
@@ -81,21 +82,23 @@ def init_token(label: str, conf: Path) -> Token:
 
         # python-pkcs11 loads the library once per process; new tokens appear after this.
         pkcs11.lib(softhsm_module()).reinitialize()
-    return Token(label, pin, pin_file, _serial_of(label, env), conf)
+    # Labels may repeat (tests make twins on purpose): the new token is the new serial.
+    (serial,) = _serials(label, env) - before
+    return Token(label, pin, pin_file, serial, conf)
 
 
-def _serial_of(label: str, env: dict) -> str:
+def _serials(label: str, env: dict) -> set[str]:
     shown = subprocess.run(
         ["softhsm2-util", "--show-slots"], env=env, check=True, capture_output=True, text=True
     ).stdout
-    serial = ""
+    found, serial = set(), ""
     for line in shown.splitlines():
         key, _, value = line.strip().partition(":")
         if key == "Serial number":
             serial = value.strip()
         elif key == "Label" and value.strip() == label:
-            return serial
-    raise AssertionError(f"token {label!r} not found after softhsm2-util --init-token")
+            found.add(serial)
+    return found
 
 
 def softhsm_conf(directory: Path, mechanisms: str = "ALL") -> Path:

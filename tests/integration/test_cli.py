@@ -107,7 +107,8 @@ def test_init_writes_the_ca_directory_and_a_safe_key(tmp_path, module, token):
     result = run(init_args(ca_dir, module, token))
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in ca_dir.iterdir()) == [
-        "ca.pem", "ca_thumbprint.txt", "hsmca.toml", "root-authority-public.cer",
+        "audit.jsonl", "ca.pem", "ca.sqlite3", "ca_thumbprint.txt", "hsmca.toml",
+        "root-authority-public.cer",
     ]
     der = (ca_dir / "root-authority-public.cer").read_bytes()
     certificate = x509.load_der_x509_certificate(der)
