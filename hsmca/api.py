@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,12 +16,13 @@ from pathlib import Path
 from asn1crypto import keys, pem, x509
 
 from . import audit, db, lint, locking, pfx, signing, store, token, x509build
-from .errors import IntegrityError, InvalidRequest
+from .errors import HsmcaError, IntegrityError, InvalidRequest
 from .models import (
     DEFAULT_CA_DAYS,
     DEFAULT_CA_SUBJECT,
     DEFAULT_KEY_LABEL,
     DEFAULT_SERVER_DAYS,
+    SERVER_KEY_TYPES,
     CaConfig,
     KeyType,
     ServerRequest,
@@ -171,6 +173,24 @@ def init_ca(
     return CaCreated(ca_dir, der, thumbprint, info, generated.key_id, generated.attributes)
 
 
+@dataclass(frozen=True)
+class CsrSigned:
+    source: str
+    path: Path
+    serial: int
+    dns_names: tuple[str, ...]
+    not_after: dt.datetime
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CrlMade:
+    path: Path
+    crl_number: int
+    entries: int
+    next_update: dt.datetime
+
+
 def _audit(database, ca_dir: Path, operation: str, certificate, token_serial: str, **extra):
     """One audit line for a signature, anchored in the database so truncation shows."""
     entry = audit.append(
@@ -289,6 +309,11 @@ class OpenCa:
         private_key=None,
     ) -> ServerIssued:
         """A new host-side key, a token-signed certificate, and an encrypted PFX at `out`."""
+        if request.key_type not in SERVER_KEY_TYPES:
+            allowed = ", ".join(k.value for k in SERVER_KEY_TYPES)
+            raise InvalidRequest(
+                f"hsmca does not make {request.key_type.value} server keys; use {allowed}"
+            )
         if private_key is None:
             private_key = signing.generate_private_key(request.key_type)
         certificate, notes = self.sign_server(request, pfx.public_key_info(private_key))
@@ -306,6 +331,75 @@ class OpenCa:
         )
         return ServerIssued(
             Path(out), der, certificate.serial_number, certificate.not_valid_after, notes
+        )
+
+    def sign_csr(self, parsed, request: ServerRequest, out: Path, force: bool = False):
+        """Sign a verified CSR's key for `request`; write the leaf and the chain as PEM."""
+        certificate, notes = self.sign_server(request, parsed.public_key)
+        pem_chain = b"".join(_pem(der) for der in [certificate.dump(), *self.chain_der])
+        self.deliver(
+            certificate,
+            profile="csr",
+            request=request,
+            out=out,
+            data=pem_chain,
+            mode=store.PUBLIC_MODE,
+            force=force,
+            operation="sign",
+        )
+        return CsrSigned(
+            parsed.source,
+            Path(out),
+            certificate.serial_number,
+            request.dns_names,
+            certificate.not_valid_after,
+            notes,
+        )
+
+    def make_crl(self, days: int, out: Path, pem_output: bool = False) -> CrlMade:
+        """Sign a CRL of every revoked certificate with the next cRLNumber and write it."""
+        from . import crlbuild
+
+        x509build.validate_days(days, "CRL validity")
+        revoked = [(e.serial, e.revoked_at, e.reason) for e in self.db.revoked_entries()]
+        crl_number = self.db.next_crl_number()
+        this_update = x509build.utc_now()
+        tbs = crlbuild.tbs_cert_list(
+            self.certificate,
+            self.config.key_type,
+            crl_number,
+            revoked,
+            days=days,
+            this_update=this_update,
+        )
+        sample = None
+        if len(revoked) > LINT_WHOLE_CRL_UP_TO:
+            sample = crlbuild.tbs_cert_list(
+                self.certificate,
+                self.config.key_type,
+                crl_number,
+                crlbuild.lint_sample(revoked),
+                days=days,
+                this_update=this_update,
+            )
+        signed = signing.sign_crl(tbs, self.signer, self.certificate.public_key, sample)
+        der = signed.dump()
+        entry = audit.append(
+            self.ca_dir,
+            "crl",
+            None,
+            db.rfc4514(self.certificate.subject),
+            self.config.token_serial,
+            crl_number=crl_number,
+            entries=len(revoked),
+            sha256=hashlib.sha256(der).hexdigest(),
+        )
+        self.db.set_audit_anchor(entry.seq, entry.line_sha256)
+        data = pem.armor("X509 CRL", der) if pem_output else der
+        # A CRL is republished in place: the newer one (higher cRLNumber) replaces the older.
+        store.write_file(out, data, mode=store.PUBLIC_MODE, force=True)
+        return CrlMade(
+            Path(out), crl_number, len(revoked), signed["tbs_cert_list"]["next_update"].native
         )
 
 
@@ -439,3 +533,231 @@ def revoke(ca_dir: Path, serial: str, reason: str = "unspecified"):
             )
             database.set_audit_anchor(entry.seq, entry.line_sha256)
         return revoked
+
+
+# --- CRLs, CSRs, batches -------------------------------------------------------------------------
+
+LINT_WHOLE_CRL_UP_TO = 256
+DEFAULT_CRL_DAYS = 30
+
+
+def make_crl(
+    ca_dir: Path,
+    *,
+    pin_source: token.PinSource,
+    days: int = DEFAULT_CRL_DAYS,
+    out: Path | None = None,
+    pem_output: bool = False,
+) -> CrlMade:
+    """Sign and write the CA's CRL (default CA_DIR/ca.crl, DER)."""
+    ca_dir = Path(ca_dir)
+    x509build.validate_days(days, "CRL validity")
+    out = Path(out) if out else ca_dir / ("ca.crl.pem" if pem_output else "ca.crl")
+    if out.is_dir():
+        raise InvalidRequest(f"{out} is a directory; give a file name for the CRL")
+    with open_ca(ca_dir, pin_source) as ca:
+        return ca.make_crl(days, out, pem_output)
+
+
+def csr_output_path(request: ServerRequest, out_dir: Path | None) -> Path:
+    """`<first DNS name>.pem` in `out_dir` (default: the current directory)."""
+    return (out_dir or Path.cwd()) / f"{request.common_name}.pem"
+
+
+def read_csrs(
+    paths: list[Path],
+    *,
+    days: int = DEFAULT_SERVER_DAYS,
+    dns: list[str] | None = None,
+    ip: list[str] | None = None,
+    out_dir: Path | None = None,
+    force: bool = False,
+):
+    """Read and check every CSR and its output path before the token is touched.
+
+    Any refused CSR stops the whole call: nothing is signed, written or recorded.
+    """
+    from . import csr
+
+    if not paths:
+        raise InvalidRequest("no CSR given: name one or more CSR files")
+    prepared = []
+    outputs: dict[Path, str] = {}
+    for path in paths:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise InvalidRequest(f"cannot read the CSR {path}: {exc.strerror}") from None
+        parsed = csr.parse_csr(data, source=str(path))
+        request = parsed.server_request(days, dns=dns or None, ip=ip or None)
+        out = csr_output_path(request, out_dir)
+        if out in outputs:
+            raise InvalidRequest(
+                f"{path} and {outputs[out]} would both write {out}; sign them in separate calls "
+                "or with different names"
+            )
+        store.check_output(out, force)
+        outputs[out] = str(path)
+        prepared.append((parsed, request, out))
+    return prepared
+
+
+def sign_csrs(
+    ca_dir: Path,
+    paths: list[Path],
+    *,
+    pin_source: token.PinSource,
+    days: int = DEFAULT_SERVER_DAYS,
+    dns: list[str] | None = None,
+    ip: list[str] | None = None,
+    out_dir: Path | None = None,
+    force: bool = False,
+) -> list[CsrSigned]:
+    """Sign many CSRs with one login; each gets `<first DNS name>.pem` (leaf, then chain)."""
+    prepared = read_csrs(paths, days=days, dns=dns, ip=ip, out_dir=out_dir, force=force)
+    with open_ca(ca_dir, pin_source) as ca:
+        return [ca.sign_csr(parsed, request, out, force) for parsed, request, out in prepared]
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    """What happened to one inventory row."""
+
+    line: int
+    status: str
+    """'issued', 'skipped' (already issued, --resume) or 'failed'."""
+    message: str
+    path: Path | None = None
+    serial: int | None = None
+
+
+def _generate_key_der(key_type_value: str) -> bytes:
+    """Worker process: a new server key as PKCS#8 DER, returned through a pipe, never a file."""
+    from cryptography.hazmat.primitives import serialization
+
+    private_key = signing.generate_private_key(KeyType(key_type_value))
+    return private_key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def plan_batch(ca_dir: Path, inventory, *, out_dir: Path, resume: bool):
+    """Check every row's output before the token is touched.
+
+    Returns (rows to issue as (row, path), results for rows skipped or refused here).
+    """
+    decided: list[BatchRow] = [
+        BatchRow(error.line, "failed", error.message) for error in inventory.errors
+    ]
+    todo = []
+    with read_database(ca_dir) as database:
+        for row in inventory.rows:
+            path = (out_dir / (row.out or f"{row.request.common_name}.pfx")).absolute()
+            if path.is_dir():
+                decided.append(BatchRow(row.line, "failed", f"{path} is a directory", path))
+            elif path.exists():
+                record = database.find_output(path)
+                if resume and record is not None and record.output_state == "written":
+                    decided.append(
+                        BatchRow(
+                            row.line,
+                            "skipped",
+                            f"{path.name} already issued",
+                            path,
+                            record.serial_number,
+                        )
+                    )
+                elif resume:
+                    decided.append(
+                        BatchRow(
+                            row.line,
+                            "failed",
+                            f"{path} exists but this CA has no record of writing it; move it away",
+                            path,
+                        )
+                    )
+                else:
+                    decided.append(
+                        BatchRow(
+                            row.line,
+                            "failed",
+                            f"{path} already exists; use --resume to skip servers already issued",
+                            path,
+                        )
+                    )
+            else:
+                todo.append((row, path))
+    decided.sort(key=lambda result: result.line)
+    return todo, decided
+
+
+def batch_issue(
+    ca_dir: Path,
+    todo,
+    *,
+    password: str,
+    pin_source: token.PinSource,
+    legacy: bool = False,
+    strict: bool = False,
+    progress=None,
+    workers: int | None = None,
+) -> list[BatchRow]:
+    """Issue a PFX for each (row, path) in `todo` with one login.
+
+    Server keys are generated in worker processes (both cores) while this process, the only
+    one that talks to the token, signs one certificate at a time.
+    """
+    import concurrent.futures
+    import multiprocessing
+    import os
+
+    from cryptography.hazmat.primitives import serialization
+
+    results: list[BatchRow] = []
+    if not todo:
+        return results
+    pfx.check_password(password)
+    workers = workers or os.cpu_count() or 1
+    # spawn: a forked child would inherit the logged-in PKCS#11 library state.
+    context = multiprocessing.get_context("spawn")
+    window = 2 * workers + 2
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        keys_ahead: list = []
+        pending = iter(todo)
+
+        def top_up():
+            for row, path in pending:
+                keys_ahead.append(
+                    (row, path, pool.submit(_generate_key_der, row.request.key_type.value))
+                )
+                if len(keys_ahead) >= window:
+                    return
+
+        top_up()
+        with open_ca(ca_dir, pin_source) as ca:
+            while keys_ahead:
+                row, path, future = keys_ahead.pop(0)
+                top_up()
+                try:
+                    private_key = serialization.load_der_private_key(future.result(), None)
+                    issued = ca.issue_server(
+                        row.request,
+                        password=password,
+                        out=path,
+                        legacy=legacy,
+                        operation="batch",
+                        private_key=private_key,
+                    )
+                    result = BatchRow(row.line, "issued", f"{path.name}", path, issued.serial)
+                except HsmcaError as exc:
+                    result = BatchRow(row.line, "failed", str(exc), path)
+                results.append(result)
+                if progress is not None:
+                    progress(result)
+                if strict and result.status == "failed":
+                    for _, _, rest in keys_ahead:
+                        rest.cancel()
+                    break
+    return results

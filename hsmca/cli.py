@@ -6,6 +6,7 @@ so `hsmca --help` starts fast.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -430,6 +431,145 @@ def revoke(ca_dir, serial, reason) -> None:
         f"Revoked {revoked.serial} ({revoked.subject}, reason {revoked.revocation_reason}); "
         "run 'hsmca crl' to publish it"
     )
+
+
+@cli.command()
+@ca_dir_option
+@click.option("--days", type=int, default=30, show_default=True, help="Until nextUpdate.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Output file (default: CA_DIR/ca.crl, or ca.crl.pem with --pem).",
+)
+@click.option("--pem", "pem_output", is_flag=True, help="Write PEM instead of DER.")
+@pin_file_option
+def crl(ca_dir, days, out, pem_output, pin_file) -> None:
+    """Sign a CRL of every revoked certificate (DER; it replaces the previous CRL file)."""
+    from . import api
+
+    made = api.make_crl(
+        ca_dir, pin_source=pin_source(pin_file), days=days, out=out, pem_output=pem_output
+    )
+    click.echo(
+        f"Wrote {made.path} (CRL number {made.crl_number}, {made.entries} revoked, "
+        f"next update {made.next_update:%Y-%m-%d %H:%M} UTC)"
+    )
+
+
+@cli.command()
+@ca_dir_option
+@click.argument("csrs", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--out-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where <first DNS name>.pem goes (default: the current directory).",
+)
+@click.option("--days", type=int, default=365, show_default=True)
+@click.option("--dns", multiple=True, help="Replace the requested DNS names (comma separated).")
+@click.option("--ip", multiple=True, help="Replace the requested IP addresses (comma separated).")
+@click.option("--force", is_flag=True, help="Replace existing output files.")
+@pin_file_option
+def sign(ca_dir, csrs, out_dir, days, dns, ip, force, pin_file) -> None:
+    """Sign CSRs of servers that keep their own keys; each gets leaf + chain as PEM."""
+    from . import api
+    from .db import serial_hex
+
+    signed = api.sign_csrs(
+        ca_dir,
+        list(csrs),
+        pin_source=pin_source(pin_file),
+        days=days,
+        dns=list(dns),
+        ip=list(ip),
+        out_dir=out_dir,
+        force=force,
+    )
+    for result in signed:
+        for note in result.notes:
+            click.echo(f"Note: {result.source}: {note}", err=True)
+        click.echo(
+            f"Wrote {result.path} from {result.source} (serial {serial_hex(result.serial)}; "
+            f"valid until {result.not_after:%Y-%m-%d})"
+        )
+
+
+@cli.command()
+@ca_dir_option
+@click.argument("inventory", type=click.Path(dir_okay=False, exists=False, path_type=Path))
+@click.option(
+    "--out-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=".",
+    show_default="the current directory",
+)
+@password_file_option
+@legacy_option
+@click.option("--resume", is_flag=True, help="Skip servers whose PFX was already issued.")
+@click.option("--strict", is_flag=True, help="Stop at the first bad row.")
+@click.option("--days", type=int, default=365, show_default=True, help="Unless the row says.")
+@pin_file_option
+def batch(ca_dir, inventory, out_dir, password_file, legacy_pfx, resume, strict, days, pin_file):
+    """Issue a PFX for every recording server in a CSV inventory, with one login."""
+    from . import api
+    from .db import serial_hex
+    from .inventory import parse_inventory
+
+    try:
+        text = inventory.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise HsmcaError(f"cannot read the inventory {inventory}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise HsmcaError(
+            f"the inventory {inventory} is not UTF-8 text; save it as CSV UTF-8"
+        ) from None
+    parsed = parse_inventory(text, default_days=days)
+    todo, decided = api.plan_batch(ca_dir, parsed, out_dir=out_dir, resume=resume)
+    refused = [row for row in decided if row.status == "failed"]
+    if strict and refused:
+        raise HsmcaError(f"{inventory} line {refused[0].line}: {refused[0].message} (--strict)")
+    for row in decided:
+        click.echo(f"line {row.line}: {row.status}: {row.message}", err=row.status == "failed")
+    password = pfx_password(password_file) if todo else ""
+    on_terminal = sys.stdout.isatty()
+
+    def show(result) -> None:
+        if result.status == "issued":
+            text = (
+                f"line {result.line}: issued {result.message} (serial {serial_hex(result.serial)})"
+            )
+        else:
+            text = f"line {result.line}: {result.status}: {result.message}"
+        if on_terminal:
+            bar.update(1)
+            if result.status == "failed":
+                click.echo(f"\n{text}", err=True)
+        else:
+            click.echo(text, err=result.status == "failed")
+
+    bar = click.progressbar(length=len(todo), label="Issuing", file=sys.stderr)
+    with bar if on_terminal else contextlib.nullcontext():
+        results = api.batch_issue(
+            ca_dir,
+            todo,
+            password=password,
+            pin_source=pin_source(pin_file),
+            legacy=legacy_pfx,
+            strict=strict,
+            progress=show,
+        )
+    everything = decided + results
+    counts = {
+        status: sum(r.status == status for r in everything)
+        for status in ("issued", "skipped", "failed")
+    }
+    not_run = len(todo) - len(results)
+    summary = (
+        f"{counts['issued']} issued, {counts['skipped']} skipped, "
+        f"{counts['failed']} failed" + (f", {not_run} not attempted" if not_run else "")
+    )
+    click.echo(f"Summary: {summary}")
+    if counts["failed"] or not_run:
+        sys.exit(1)
 
 
 @cli.group(name="audit")

@@ -47,6 +47,27 @@ def _certificate_validator():
     )
 
 
+@functools.cache
+def _crl_validator():
+    from pkilint import pkix
+    from pkilint.pkix import crl, extension, name
+    from pkilint.pkix.crl import crl_extension
+
+    return crl.create_pkix_crl_validator_container(
+        [
+            pkix.create_attribute_decoder(name.ATTRIBUTE_TYPE_MAPPINGS),
+            pkix.create_extension_decoder(extension.EXTENSION_MAPPINGS),
+        ],
+        [
+            crl.create_issuer_validator_container([]),
+            crl.create_validity_validator_container([]),
+            crl.create_extensions_validator_container([]),
+            # RFC 5280 5.3.1: reasonCode SHOULD be absent rather than "unspecified".
+            crl_extension.CrlReasonCodeValidator(),
+        ],
+    )
+
+
 def _findings(validator, document) -> list[Finding]:
     from pkilint.validation import ValidationFindingSeverity
 
@@ -99,3 +120,21 @@ def check_certificate(der: bytes, allowed: frozenset[Allowance] = frozenset()) -
             + "; ".join(str(f) for f in refused)
         )
     return findings
+
+
+def crl_findings(der: bytes) -> list[Finding]:
+    """Every pkilint RFC 5280 CRL finding at WARNING or worse for a DER CRL."""
+    from pkilint import loader
+
+    document = loader.RFC5280CertificateListDocumentLoader().load_der_document(der, "crl")
+    return _findings(_crl_validator(), document)
+
+
+def check_crl(der: bytes) -> None:
+    """Raise LintFailure for any CRL finding at WARNING or worse."""
+    findings = crl_findings(der)
+    if findings:
+        raise LintFailure(
+            "pkilint refused the CRL before signing, nothing was signed: "
+            + "; ".join(str(f) for f in findings)
+        )

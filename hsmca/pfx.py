@@ -14,7 +14,7 @@ from .errors import InvalidRequest
 from .models import PFX_FRIENDLY_NAME
 
 # Tens of thousands: strong enough, and below what recent .NET refuses as suspiciously high.
-MODERN_KDF_ROUNDS = 50_000
+MODERN_KDF_ROUNDS = 20_000
 # What Windows' own Export-PfxCertificate used with 3DES; old Windows imports it.
 LEGACY_KDF_ROUNDS = 2_000
 

@@ -18,7 +18,7 @@ from asn1crypto import core, keys, x509
 from cryptography import x509 as cx509
 
 from .errors import InvalidRequest
-from .models import SERVER_KEY_TYPES, KeyType, ServerRequest
+from .models import KeyType, ServerRequest
 
 # RFC 5280 upper bound for a CN (ub-common-name) and the practical limit for one SAN entry.
 MAX_COMMON_NAME = 64
@@ -68,11 +68,14 @@ def normalize_dns_name(name: str) -> str:
         raise InvalidRequest(
             f"invalid DNS name {original!r}: that is an IP address; pass it with --ip instead"
         )
-    try:
-        ascii_name = idna.encode(name, uts46=True).decode("ascii")
-    except (idna.IDNAError, UnicodeError) as exc:
-        raise InvalidRequest(f"invalid DNS name {original!r}: {exc}") from None
-    ascii_name = ascii_name.lower()
+    if name.isascii() and "xn--" not in name.lower():
+        # Plain host names get the LDH check below, whose message says what is allowed.
+        ascii_name = name.lower()
+    else:
+        try:
+            ascii_name = idna.encode(name, uts46=True).decode("ascii").lower()
+        except (idna.IDNAError, UnicodeError) as exc:
+            raise InvalidRequest(f"invalid DNS name {original!r}: {exc}") from None
     if len(ascii_name) > MAX_DNS_NAME:
         raise InvalidRequest(
             f"invalid DNS name {original!r}: longer than {MAX_DNS_NAME} characters"
@@ -134,9 +137,6 @@ def server_request(
             f"the first DNS name {dns_names[0]!r} becomes the subject CN and may have at most "
             f"{MAX_COMMON_NAME} characters; put a shorter name first"
         )
-    if key_type not in SERVER_KEY_TYPES:
-        allowed = ", ".join(k.value for k in SERVER_KEY_TYPES)
-        raise InvalidRequest(f"server key type {key_type.value} is not offered; use {allowed}")
     addresses = _unique(parse_ip_address(a) for a in split_list(ip))
     return ServerRequest(dns_names, addresses, validate_days(days), key_type)
 
