@@ -144,16 +144,17 @@ def init_ca(
                         staging / store.CA_CERT_DER_NAME,
                         output_state="written",
                     )
-                    _audit(
-                        database,
-                        staging,
-                        "init",
-                        certificate,
-                        info.serial,
-                        key_label=key_label,
-                        key_id=generated.key_id.hex(),
-                        key_attributes=generated.attributes,
-                    )
+                    with audit.AuditLog(staging) as log:
+                        entry = _audit_signature(
+                            log,
+                            "init",
+                            certificate,
+                            info.serial,
+                            key_label=key_label,
+                            key_id=generated.key_id.hex(),
+                            key_attributes=generated.attributes,
+                        )
+                    database.set_audit_anchor(entry.seq, entry.line_sha256)
 
             store.create_ca_dir(
                 ca_dir,
@@ -191,10 +192,9 @@ class CrlMade:
     next_update: dt.datetime
 
 
-def _audit(database, ca_dir: Path, operation: str, certificate, token_serial: str, **extra):
-    """One audit line for a signature, anchored in the database so truncation shows."""
-    entry = audit.append(
-        ca_dir,
+def _audit_signature(log, operation: str, certificate, token_serial: str, **extra):
+    """One audit line for a signature: serial, subject, SHA-256 of the certificate."""
+    return log.append(
         operation,
         certificate.serial_number,
         db.rfc4514(certificate.subject),
@@ -202,19 +202,39 @@ def _audit(database, ca_dir: Path, operation: str, certificate, token_serial: st
         sha256=certificate.sha256.hex(),
         **extra,
     )
-    database.set_audit_anchor(entry.seq, entry.line_sha256)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A signed certificate and the file that carries it, ready to be recorded and written."""
+
+    certificate: x509.Certificate
+    profile: str
+    request: ServerRequest
+    out: Path
+    data: bytes
+    mode: int
+    force: bool = False
+    operation: str = "issue"
 
 
 class OpenCa:
     """A CA directory, locked, with its token logged in: where certificates get signed."""
 
-    def __init__(self, ca_dir: Path, config: CaConfig, certificate_der: bytes, signer, database):
+    def __init__(
+        self, ca_dir: Path, config: CaConfig, certificate_der: bytes, signer, database, audit_log
+    ):
+        from .leaftemplate import LeafTemplate
+
         self.ca_dir = ca_dir
         self.config = config
         self.certificate_der = certificate_der
         self.certificate = x509.Certificate.load(certificate_der)
         self.signer = signer
         self.db = database
+        self.audit_log = audit_log
+        # Everything in a leaf but its serial, validity, names and key is encoded once.
+        self.leaf_template = LeafTemplate(self.certificate, config.key_type)
 
     @property
     def chain_der(self) -> list[bytes]:
@@ -234,14 +254,8 @@ class OpenCa:
             notes.append(
                 f"validity shortened to end with the CA certificate on {not_after:%Y-%m-%d}"
             )
-        tbs = x509build.server_tbs(
-            request,
-            public_key,
-            issuer,
-            self.config.key_type,
-            x509build.random_serial(),
-            not_before,
-            not_after,
+        tbs = self.leaf_template.tbs(
+            request, public_key, x509build.random_serial(), not_before, not_after
         )
         certificate, tolerated = signing.sign_certificate(
             tbs,
@@ -255,47 +269,62 @@ class OpenCa:
         ]
         return certificate, notes
 
-    def deliver(
-        self,
-        certificate: x509.Certificate,
-        *,
-        profile: str,
-        request: ServerRequest,
-        out: Path,
-        data: bytes,
-        mode: int,
-        force: bool = False,
-        operation: str = "issue",
-    ):
-        """Record and audit a signed certificate, then write its output file.
+    def deliver(self, deliveries: list[Delivery]) -> list:
+        """Record and audit signed certificates, then write their output files.
 
-        The row is committed (output 'pending') before the file is renamed into place; it says
-        'written' after, or 'failed' if writing failed, so a rerun knows what happened. Earlier
-        unfinished rows for the same file are superseded by this one.
+        The audit lines are on disk and the rows committed (output 'pending') before any file
+        is renamed into place; each row says 'written' after, or 'failed' if its file could not
+        be written, so a rerun knows what happened. Earlier unfinished rows for the same file
+        are superseded. Many deliveries at once share one fsync and two transactions.
         """
-        der = certificate.dump()
-        out = Path(out).absolute()
-        with self.db.transaction():
-            record = self.db.record_issued(der, profile, request.key_type, request.days, out)
-            _audit(
-                self.db,
-                self.ca_dir,
-                operation,
-                certificate,
+        items = [(delivery, Path(delivery.out).absolute()) for delivery in deliveries]
+        entries = [
+            _audit_signature(
+                self.audit_log,
+                delivery.operation,
+                delivery.certificate,
                 self.config.token_serial,
                 output=str(out),
             )
-        try:
-            store.write_file(out, data, mode=mode, force=force)
-        except BaseException:
-            self.db.mark_output(record.serial, "failed")
-            raise
+            for delivery, out in items
+        ]
+        self.audit_log.flush()
         with self.db.transaction():
-            record = self.db.mark_output(record.serial, "written")
+            records = [
+                self.db.record_issued(
+                    delivery.certificate.dump(),
+                    delivery.profile,
+                    delivery.request.key_type,
+                    delivery.request.days,
+                    out,
+                )
+                for delivery, out in items
+            ]
+            self.db.set_audit_anchor(entries[-1].seq, entries[-1].line_sha256)
+        written = []
+        try:
+            for (delivery, out), record in zip(items, records, strict=True):
+                store.write_file(out, delivery.data, mode=delivery.mode, force=delivery.force)
+                written.append((record, out))
+        except BaseException:
+            self.db.mark_output(records[len(written)].serial, "failed")
+            raise
+        finally:
+            self._mark_written(written)
+        return records
+
+    def _mark_written(self, written) -> None:
+        if not written:
+            return
+        with self.db.transaction():
+            unfinished = {}
             for earlier in self.db.unfinished_outputs():
-                if Path(earlier.output_path or "") == out and earlier.serial != record.serial:
-                    self.db.supersede(earlier.serial, record.serial)
-        return record
+                unfinished.setdefault(earlier.output_path, []).append(earlier.serial)
+            for record, out in written:
+                self.db.mark_output(record.serial, "written")
+                for serial in unfinished.get(str(out), []):
+                    if serial != record.serial:
+                        self.db.supersede(serial, record.serial)
 
     def issue_server(
         self,
@@ -320,41 +349,48 @@ class OpenCa:
         der = certificate.dump()
         data = pfx.pkcs12_bytes(private_key, der, self.chain_der, password, legacy=legacy)
         self.deliver(
-            certificate,
-            profile="server",
-            request=request,
-            out=out,
-            data=data,
-            mode=store.SECRET_MODE,
-            force=force,
-            operation=operation,
+            [
+                Delivery(
+                    certificate, "server", request, out, data, store.SECRET_MODE, force, operation
+                )
+            ]
         )
         return ServerIssued(
             Path(out), der, certificate.serial_number, certificate.not_valid_after, notes
         )
 
-    def sign_csr(self, parsed, request: ServerRequest, out: Path, force: bool = False):
-        """Sign a verified CSR's key for `request`; write the leaf and the chain as PEM."""
-        certificate, notes = self.sign_server(request, parsed.public_key)
-        pem_chain = b"".join(_pem(der) for der in [certificate.dump(), *self.chain_der])
-        self.deliver(
-            certificate,
-            profile="csr",
-            request=request,
-            out=out,
-            data=pem_chain,
-            mode=store.PUBLIC_MODE,
-            force=force,
-            operation="sign",
-        )
-        return CsrSigned(
-            parsed.source,
-            Path(out),
-            certificate.serial_number,
-            request.dns_names,
-            certificate.not_valid_after,
-            notes,
-        )
+    def sign_csrs(self, prepared, force: bool = False, chunk: int = 64) -> list[CsrSigned]:
+        """Sign verified CSRs' keys; write each leaf and the chain as PEM, `chunk` at a time."""
+        signed = []
+        for start in range(0, len(prepared), chunk):
+            deliveries = []
+            for parsed, request, out in prepared[start : start + chunk]:
+                certificate, notes = self.sign_server(request, parsed.public_key)
+                pem_chain = b"".join(_pem(der) for der in [certificate.dump(), *self.chain_der])
+                deliveries.append(
+                    Delivery(
+                        certificate,
+                        "csr",
+                        request,
+                        out,
+                        pem_chain,
+                        store.PUBLIC_MODE,
+                        force,
+                        "sign",
+                    )
+                )
+                signed.append(
+                    CsrSigned(
+                        parsed.source,
+                        Path(out),
+                        certificate.serial_number,
+                        request.dns_names,
+                        certificate.not_valid_after,
+                        notes,
+                    )
+                )
+            self.deliver(deliveries)
+        return signed
 
     def make_crl(self, days: int, out: Path, pem_output: bool = False) -> CrlMade:
         """Sign a CRL of every revoked certificate with the next cRLNumber and write it."""
@@ -384,8 +420,7 @@ class OpenCa:
             )
         signed = signing.sign_crl(tbs, self.signer, self.certificate.public_key, sample)
         der = signed.dump()
-        entry = audit.append(
-            self.ca_dir,
+        entry = self.audit_log.append(
             "crl",
             None,
             db.rfc4514(self.certificate.subject),
@@ -394,6 +429,7 @@ class OpenCa:
             entries=len(revoked),
             sha256=hashlib.sha256(der).hexdigest(),
         )
+        self.audit_log.flush()
         self.db.set_audit_anchor(entry.seq, entry.line_sha256)
         data = pem.armor("X509 CRL", der) if pem_output else der
         # A CRL is republished in place: the newer one (higher cRLNumber) replaces the older.
@@ -432,8 +468,11 @@ def open_ca(ca_dir: Path, pin_source: token.PinSource, on_wait=None) -> Iterator
                     f"the key on {token.token_info(device)} does not match the CA certificate "
                     f"in {ca_dir}; this CA directory belongs to another key"
                 ) from None
-            with db.open_database(ca_dir) as database:
-                yield OpenCa(ca_dir, config, certificate_der, signer, database)
+            with (
+                db.open_database(ca_dir) as database,
+                audit.AuditLog(ca_dir, sync_each=False) as audit_log,
+            ):
+                yield OpenCa(ca_dir, config, certificate_der, signer, database, audit_log)
 
 
 def default_pfx_path(request: ServerRequest, directory: Path | None = None) -> Path:
@@ -616,7 +655,7 @@ def sign_csrs(
     """Sign many CSRs with one login; each gets `<first DNS name>.pem` (leaf, then chain)."""
     prepared = read_csrs(paths, days=days, dns=dns, ip=ip, out_dir=out_dir, force=force)
     with open_ca(ca_dir, pin_source) as ca:
-        return [ca.sign_csr(parsed, request, out, force) for parsed, request, out in prepared]
+        return ca.sign_csrs(prepared, force)
 
 
 @dataclass(frozen=True)
