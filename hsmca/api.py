@@ -7,6 +7,7 @@ writes its outputs only after every signature has been verified.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from asn1crypto import keys, pem, x509
+from cryptography.exceptions import InvalidSignature
 
 from . import audit, db, lint, locking, pfx, signing, store, token, x509build
 from .errors import HsmcaError, IntegrityError, InvalidRequest
@@ -48,10 +50,13 @@ KEY_CHECK_MESSAGE = b"hsmca: proof that the new CA key signs and the host can ve
 class CaCreated:
     ca_dir: Path
     certificate_der: bytes
+    """The CA certificate; empty for a subordinate CA that waits for the root."""
     thumbprint: str
     token: token.TokenInfo
     key_id: bytes
     key_attributes: dict[str, bool]
+    csr_path: Path | None = None
+    """Where a pending subordinate CA's request was written."""
 
 
 @dataclass(frozen=True)
@@ -79,11 +84,14 @@ def init_ca(
     subject: str = DEFAULT_CA_SUBJECT,
     days: int = DEFAULT_CA_DAYS,
     always_authenticate: bool = False,
+    subordinate: bool = False,
 ) -> CaCreated:
-    """Generate the CA key on the token, self-sign the root there, and create CA_DIR.
+    """Generate the CA key on the token and create CA_DIR.
 
-    `token_spec` is a token label or a PKCS#11 URI; a URI's module-path stands in for an
-    empty `module`.
+    A root self-signs its certificate on the token. A `subordinate` CA instead writes
+    CA_DIR/ca.csr, signed by the new key, and waits (state "pending") until the root has signed
+    it and `complete_subordinate` installs the certificate. `token_spec` is a token label or a
+    PKCS#11 URI; a URI's module-path stands in for an empty `module`.
     """
     ca_dir = Path(ca_dir)
     store.check_new_ca_dir(ca_dir)
@@ -104,6 +112,33 @@ def init_ca(
             signing.verify_signature(
                 public_key, key_type, KEY_CHECK_MESSAGE, signer.sign(KEY_CHECK_MESSAGE)
             )
+            config = CaConfig(
+                module=str(Path(module).absolute()),
+                token_label=info.label,
+                token_serial=info.serial,
+                key_label=key_label,
+                key_id=generated.key_id,
+                key_type=key_type,
+                state="pending" if subordinate else "active",
+                public_key=generated.public_key_der,
+            )
+            key_facts = {
+                "key_label": key_label,
+                "key_id": generated.key_id.hex(),
+                "key_attributes": generated.attributes,
+            }
+            if subordinate:
+                csr_der = _subordinate_csr(subject_name, public_key, signer)
+                _create_pending_dir(ca_dir, config, csr_der, subject, info.serial, key_facts)
+                return CaCreated(
+                    ca_dir,
+                    b"",
+                    "",
+                    info,
+                    generated.key_id,
+                    generated.attributes,
+                    ca_dir / store.CSR_NAME,
+                )
             not_before, not_after = x509build.validity(days)
             tbs = x509build.ca_tbs(
                 subject_name,
@@ -115,46 +150,13 @@ def init_ca(
             )
             certificate, _ = signing.sign_certificate(tbs, signer, public_key)
             der = certificate.dump()
-            token.store_certificate(
-                session,
-                der,
-                key_label,
-                generated.key_id,
-                subject=certificate.subject.dump(),
-                issuer=certificate.issuer.dump(),
-                serial=certificate["tbs_certificate"]["serial_number"].dump(),
-            )
-            config = CaConfig(
-                module=str(Path(module).absolute()),
-                token_label=info.label,
-                token_serial=info.serial,
-                key_label=key_label,
-                key_id=generated.key_id,
-                key_type=key_type,
-            )
+            _store_on_token(session, certificate, key_label, generated.key_id)
             thumbprint = x509build.sha1_thumbprint(der)
 
             def record_root(staging: Path) -> None:
-                with db.open_database(staging) as database, database.transaction():
-                    database.record_issued(
-                        der,
-                        "ca",
-                        key_type,
-                        days,
-                        staging / store.CA_CERT_DER_NAME,
-                        output_state="written",
-                    )
-                    with audit.AuditLog(staging) as log:
-                        entry = _audit_signature(
-                            log,
-                            "init",
-                            certificate,
-                            info.serial,
-                            key_label=key_label,
-                            key_id=generated.key_id.hex(),
-                            key_attributes=generated.attributes,
-                        )
-                    database.set_audit_anchor(entry.seq, entry.line_sha256)
+                _record_ca_certificate(
+                    staging, certificate, key_type, days, "init", info.serial, key_facts
+                )
 
             store.create_ca_dir(
                 ca_dir,
@@ -172,6 +174,251 @@ def init_ca(
                 token.destroy_key(session, generated.key_id)
             raise
     return CaCreated(ca_dir, der, thumbprint, info, generated.key_id, generated.attributes)
+
+
+def _store_on_token(session, certificate: x509.Certificate, label: str, key_id: bytes) -> None:
+    token.store_certificate(
+        session,
+        certificate.dump(),
+        label,
+        key_id,
+        subject=certificate.subject.dump(),
+        issuer=certificate.issuer.dump(),
+        serial=certificate["tbs_certificate"]["serial_number"].dump(),
+    )
+
+
+def _record_ca_certificate(
+    ca_dir: Path,
+    certificate,
+    key_type: KeyType,
+    days: int,
+    operation: str,
+    token_serial: str,
+    extra: dict,
+) -> None:
+    """The CA's own certificate as the first row of its database, and its audit line."""
+    with db.open_database(ca_dir) as database, database.transaction():
+        database.record_issued(
+            certificate.dump(),
+            "ca",
+            key_type,
+            days,
+            ca_dir / store.CA_CERT_PEM_NAME,
+            output_state="written",
+        )
+        with audit.AuditLog(ca_dir) as log:
+            entry = _audit_signature(log, operation, certificate, token_serial, **extra)
+        database.set_audit_anchor(entry.seq, entry.line_sha256)
+
+
+def _subordinate_csr(subject_name, public_key: keys.PublicKeyInfo, signer) -> bytes:
+    """A PKCS#10 request for the subordinate CA, signed by its new key on the token."""
+    from . import csr
+
+    info = x509build.certification_request_info(subject_name, public_key)
+    signature = signer.sign(info.dump())
+    der = x509build.certification_request(info, signer.key_type, signature).dump()
+    csr.parse_csr(der, "the new request", for_ca=True)  # proves it verifies before it is written
+    return der
+
+
+def _create_pending_dir(
+    ca_dir: Path, config: CaConfig, csr_der: bytes, subject: str, token_serial: str, facts: dict
+) -> None:
+    def record_request(staging: Path) -> None:
+        with db.open_database(staging) as database, audit.AuditLog(staging) as log:
+            entry = log.append(
+                "subordinate-key",
+                None,
+                subject,
+                token_serial,
+                csr_sha256=hashlib.sha256(csr_der).hexdigest(),
+                **facts,
+            )
+            database.set_audit_anchor(entry.seq, entry.line_sha256)
+
+    store.create_ca_dir(
+        ca_dir,
+        {
+            store.CONFIG_NAME: (store.render_config(config), store.PUBLIC_MODE),
+            store.CSR_NAME: (pem.armor("CERTIFICATE REQUEST", csr_der), store.PUBLIC_MODE),
+        },
+        populate=record_request,
+    )
+
+
+def _read_certificates(path: Path) -> list[x509.Certificate]:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        if pem.detect(data):
+            ders = [
+                der for kind, _, der in pem.unarmor(data, multiple=True) if kind == "CERTIFICATE"
+            ]
+        else:
+            ders = [data]
+        certificates = [x509.Certificate.load(der) for der in ders]
+        for certificate in certificates:
+            certificate.native  # noqa: B018 (parse all of it now, not later)
+    except (ValueError, TypeError):
+        raise InvalidRequest(f"{path} does not hold PEM or DER certificates") from None
+    if not certificates:
+        raise InvalidRequest(f"{path} holds no certificate")
+    return certificates
+
+
+def _check_issued_by(certificate: x509.Certificate, issuer: x509.Certificate, what: str) -> None:
+    from cryptography import x509 as cx509
+
+    try:
+        cx509.load_der_x509_certificate(certificate.dump()).verify_directly_issued_by(
+            cx509.load_der_x509_certificate(issuer.dump())
+        )
+    except (ValueError, TypeError, InvalidSignature):
+        raise InvalidRequest(
+            f"{what} is not signed by {db.rfc4514(issuer.subject)}; give the right chain"
+        ) from None
+
+
+@dataclass(frozen=True)
+class SubordinateCompleted:
+    ca_dir: Path
+    certificate_der: bytes
+    thumbprint: str
+    root_subject: str
+
+
+def complete_subordinate(
+    ca_dir: Path,
+    certificate_file: Path,
+    *,
+    pin_source: token.PinSource,
+    chain_file: Path | None = None,
+) -> SubordinateCompleted:
+    """Install the root-signed certificate of a pending subordinate CA.
+
+    The certificate must certify the key made by `init --subordinate` (and that key must be on
+    the token), be a CA certificate, and chain to a self-signed root given in the file after
+    it or in `chain_file`.
+    """
+    ca_dir = Path(ca_dir)
+    config = store.load_config(ca_dir)
+    if config.state != "pending":
+        raise InvalidRequest(f"{ca_dir} is not waiting for a certificate; it is {config.state}")
+    certificate, *above = _read_certificates(certificate_file)
+    if chain_file is not None:
+        above += _read_certificates(chain_file)
+    if certificate.public_key.dump() != config.public_key:
+        raise InvalidRequest(
+            f"{certificate_file} certifies another key than the one made for {ca_dir}; "
+            "nothing was changed. Give the certificate the root signed for this CA's request"
+        )
+    if not certificate.ca or "key_cert_sign" not in (certificate.key_usage_value.native or []):
+        raise InvalidRequest(f"{certificate_file} is not a CA certificate (CA:TRUE, keyCertSign)")
+    if not above or not above[-1].self_signed:
+        raise InvalidRequest(
+            f"{certificate_file} does not reach a self-signed root; give the root with --chain"
+        )
+    for lower, upper in zip([certificate, *above], above, strict=False):
+        _check_issued_by(lower, upper, db.rfc4514(lower.subject))
+    _check_issued_by(above[-1], above[-1], "the root")
+    now = x509build.utc_now()
+    if not certificate.not_valid_before <= now <= certificate.not_valid_after:
+        raise InvalidRequest(f"{certificate_file} is not valid now")
+    der = certificate.dump()
+    with locking.ca_lock(ca_dir):
+        with _ca_signer(config, pin_source, certificate.public_key, ca_dir, rw=True) as (
+            session,
+            _,
+        ):
+            _store_on_token(session, certificate, config.key_label, config.key_id)
+        thumbprint = x509build.sha1_thumbprint(der)
+        root = above[-1]
+        store.write_file(ca_dir / store.CA_CERT_PEM_NAME, _pem(der))
+        store.write_file(ca_dir / store.CHAIN_PEM_NAME, b"".join(_pem(c.dump()) for c in above))
+        store.write_file(ca_dir / store.CA_CERT_DER_NAME, root.dump())
+        store.write_file(ca_dir / store.THUMBPRINT_NAME, f"{thumbprint}\n".encode())
+        days = (certificate.not_valid_after - certificate.not_valid_before).days
+        _record_ca_certificate(
+            ca_dir,
+            certificate,
+            config.key_type,
+            days,
+            "subordinate-complete",
+            config.token_serial,
+            {"root_sha256": root.sha256.hex()},
+        )
+        # The state flips last: until here, the directory is still pending.
+        store.write_file(
+            ca_dir / store.CONFIG_NAME,
+            store.render_config(dataclasses.replace(config, state="active")),
+            force=True,
+        )
+    return SubordinateCompleted(ca_dir, der, thumbprint, db.rfc4514(root.subject))
+
+
+DEFAULT_SUBORDINATE_DAYS = 1825
+
+
+def sign_ca(
+    root_dir: Path,
+    csr_path: Path,
+    *,
+    pin_source: token.PinSource,
+    path_length: int | None = 0,
+    days: int = DEFAULT_SUBORDINATE_DAYS,
+    out: Path | None = None,
+    force: bool = False,
+):
+    """The root signs a subordinate CA's request; writes the new certificate, then the root's."""
+    from . import csr
+
+    x509build.validate_days(days)
+    if path_length is not None and path_length < 0:
+        raise InvalidRequest("--path-length must be 0 or more")
+    try:
+        data = Path(csr_path).read_bytes()
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read the CSR {csr_path}: {exc.strerror}") from None
+    parsed = csr.parse_csr(data, str(csr_path), for_ca=True)
+    out = Path(out) if out else Path.cwd() / f"{Path(csr_path).stem}-certificate.pem"
+    store.check_output(out, force)
+    with open_ca(root_dir, pin_source) as ca:
+        not_before, not_after = x509build.validity(
+            days, not_after_limit=ca.certificate.not_valid_after
+        )
+        tbs = x509build.ca_tbs(
+            parsed.subject_name,
+            parsed.public_key,
+            parsed.key_type,
+            x509build.random_serial(),
+            not_before,
+            not_after,
+            path_length,
+            issuer=ca.certificate,
+            issuer_key_type=ca.config.key_type,
+        )
+        certificate, _ = signing.sign_certificate(tbs, ca.signer, ca.certificate.public_key)
+        data = b"".join(_pem(der) for der in [certificate.dump(), *ca.chain_der])
+        ca.deliver(
+            [
+                Delivery(
+                    certificate,
+                    "subca",
+                    parsed.key_type,
+                    days,
+                    out,
+                    data,
+                    store.PUBLIC_MODE,
+                    force,
+                    "sign-ca",
+                )
+            ]
+        )
+    return certificate, out
 
 
 @dataclass(frozen=True)
@@ -210,7 +457,8 @@ class Delivery:
 
     certificate: x509.Certificate
     profile: str
-    request: ServerRequest
+    key_type: KeyType
+    days: int
     out: Path
     data: bytes
     mode: int
@@ -222,24 +470,21 @@ class OpenCa:
     """A CA directory, locked, with its token logged in: where certificates get signed."""
 
     def __init__(
-        self, ca_dir: Path, config: CaConfig, certificate_der: bytes, signer, database, audit_log
+        self, ca_dir: Path, config: CaConfig, chain_der: list[bytes], signer, database, audit_log
     ):
         from .leaftemplate import LeafTemplate
 
         self.ca_dir = ca_dir
         self.config = config
-        self.certificate_der = certificate_der
-        self.certificate = x509.Certificate.load(certificate_der)
+        self.chain_der = chain_der
+        """The certificates above a leaf: this CA first, then up to the root."""
+        self.certificate_der = chain_der[0]
+        self.certificate = x509.Certificate.load(self.certificate_der)
         self.signer = signer
         self.db = database
         self.audit_log = audit_log
         # Everything in a leaf but its serial, validity, names and key is encoded once.
         self.leaf_template = LeafTemplate(self.certificate, config.key_type)
-
-    @property
-    def chain_der(self) -> list[bytes]:
-        """The certificates above a leaf, issuing CA first."""
-        return [self.certificate_der]
 
     def sign_server(
         self, request: ServerRequest, public_key: keys.PublicKeyInfo
@@ -294,8 +539,8 @@ class OpenCa:
                 self.db.record_issued(
                     delivery.certificate.dump(),
                     delivery.profile,
-                    delivery.request.key_type,
-                    delivery.request.days,
+                    delivery.key_type,
+                    delivery.days,
                     out,
                 )
                 for delivery, out in items
@@ -351,7 +596,15 @@ class OpenCa:
         self.deliver(
             [
                 Delivery(
-                    certificate, "server", request, out, data, store.SECRET_MODE, force, operation
+                    certificate,
+                    "server",
+                    request.key_type,
+                    request.days,
+                    out,
+                    data,
+                    store.SECRET_MODE,
+                    force,
+                    operation,
                 )
             ]
         )
@@ -371,7 +624,8 @@ class OpenCa:
                     Delivery(
                         certificate,
                         "csr",
-                        request,
+                        request.key_type,
+                        request.days,
                         out,
                         pem_chain,
                         store.PUBLIC_MODE,
@@ -440,39 +694,53 @@ class OpenCa:
 
 
 @contextlib.contextmanager
+def _ca_signer(
+    config: CaConfig, pin_source: token.PinSource, public_key, where: Path, rw: bool = False
+):
+    """Log in to the CA's token and find its key by CKA_ID; prove it matches `public_key`."""
+    device = token.find_token(
+        config.module, TokenSelector(label=config.token_label, serial=config.token_serial)
+    )
+    with token.open_session(device, pin_source, rw=rw) as session:
+        private_key = token.find_private_key(session, config.key_id, config.key_label)
+        signer = token.TokenSigner(session, private_key, config.key_type, pin_source)
+        try:
+            signing.verify_signature(
+                public_key, config.key_type, KEY_CHECK_MESSAGE, signer.sign(KEY_CHECK_MESSAGE)
+            )
+        except IntegrityError:
+            raise IntegrityError(
+                f"the key on {token.token_info(device)} does not match the CA certificate "
+                f"in {where}; this CA directory belongs to another key"
+            ) from None
+        yield session, signer
+
+
+@contextlib.contextmanager
 def open_ca(ca_dir: Path, pin_source: token.PinSource, on_wait=None) -> Iterator[OpenCa]:
     """Lock CA_DIR, log in to its token once and find the key that matches its certificate."""
     ca_dir = Path(ca_dir)
     config = store.load_config(ca_dir)
+    if config.state != "active":
+        raise InvalidRequest(
+            f"{ca_dir} is a subordinate CA still waiting for its certificate: have the root sign "
+            f"{ca_dir / store.CSR_NAME} (hsmca sign-ca), then run "
+            f"'hsmca init {ca_dir} --certificate FILE'"
+        )
     with locking.ca_lock(ca_dir, on_wait=on_wait):
-        certificate_der = store.read_ca_certificate(ca_dir)
+        chain_der = store.read_ca_chain(ca_dir)
         try:
-            certificate = x509.Certificate.load(certificate_der)
-            public_key = certificate.public_key
+            public_key = x509.Certificate.load(chain_der[0]).public_key
         except ValueError:
             raise InvalidRequest(
-                f"{ca_dir / store.CA_CERT_DER_NAME} is not a DER certificate; restore it"
+                f"{ca_dir / store.CA_CERT_PEM_NAME} is not a certificate; restore it"
             ) from None
-        device = token.find_token(
-            config.module, TokenSelector(label=config.token_label, serial=config.token_serial)
-        )
-        with token.open_session(device, pin_source) as session:
-            private_key = token.find_private_key(session, config.key_id, config.key_label)
-            signer = token.TokenSigner(session, private_key, config.key_type, pin_source)
-            try:
-                signing.verify_signature(
-                    public_key, config.key_type, KEY_CHECK_MESSAGE, signer.sign(KEY_CHECK_MESSAGE)
-                )
-            except IntegrityError:
-                raise IntegrityError(
-                    f"the key on {token.token_info(device)} does not match the CA certificate "
-                    f"in {ca_dir}; this CA directory belongs to another key"
-                ) from None
-            with (
-                db.open_database(ca_dir) as database,
-                audit.AuditLog(ca_dir, sync_each=False) as audit_log,
-            ):
-                yield OpenCa(ca_dir, config, certificate_der, signer, database, audit_log)
+        with (
+            _ca_signer(config, pin_source, public_key, ca_dir) as (_, signer),
+            db.open_database(ca_dir) as database,
+            audit.AuditLog(ca_dir, sync_each=False) as audit_log,
+        ):
+            yield OpenCa(ca_dir, config, chain_der, signer, database, audit_log)
 
 
 def default_pfx_path(request: ServerRequest, directory: Path | None = None) -> Path:

@@ -193,7 +193,6 @@ def cli() -> None:
 @click.option(
     "--token",
     "token_spec",
-    required=True,
     help="The token's label, or a PKCS#11 URI (pkcs11:token=...;serial=...).",
 )
 @click.option("--key-label", default="hsmca-ca", show_default=True, help="Label of the CA key.")
@@ -210,14 +209,67 @@ def cli() -> None:
     is_flag=True,
     help="Make the token require the PIN again before every signature (CKA_ALWAYS_AUTHENTICATE).",
 )
+@click.option(
+    "--subordinate",
+    is_flag=True,
+    help="Make an issuing CA: write CA_DIR/ca.csr for the root to sign (hsmca sign-ca).",
+)
+@click.option(
+    "--certificate",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Complete a pending subordinate CA_DIR with the certificate the root signed.",
+)
+@click.option(
+    "--chain",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --certificate: the root certificate, if the file does not hold it.",
+)
 @pin_file_option
 def init(
-    ca_dir, module, token_spec, key_label, key_type, subject, days, always_authenticate, pin_file
+    ca_dir,
+    module,
+    token_spec,
+    key_label,
+    key_type,
+    subject,
+    days,
+    always_authenticate,
+    subordinate,
+    certificate,
+    chain,
+    pin_file,
 ) -> None:
-    """Generate the CA key on the token, self-sign the root there and create CA_DIR."""
+    """Generate the CA key on the token and create CA_DIR (a root, or a subordinate CA).
+
+    \b
+    Root:        hsmca init DIR --token LABEL [--key-type ...] [--subject DN]
+    Subordinate: hsmca init DIR --token LABEL --subordinate --subject DN
+                 (the root runs: hsmca sign-ca DIR/ca.csr --ca-dir ROOT_DIR --out sub.pem)
+                 hsmca init DIR --certificate sub.pem
+    """
     from . import api
     from .p11uri import parse_token_spec
 
+    if certificate is not None:
+        if token_spec or subordinate:
+            raise HsmcaError(
+                "--certificate completes an existing pending CA_DIR; leave out "
+                "--token and --subordinate"
+            )
+        completed = api.complete_subordinate(
+            ca_dir, certificate, pin_source=pin_source(pin_file), chain_file=chain
+        )
+        click.echo(f"Completed subordinate CA in {completed.ca_dir}")
+        click.echo(f"  issued by:  {completed.root_subject}")
+        click.echo(f"  thumbprint: {completed.thumbprint}")
+        click.echo(
+            "  trust it:   root-authority-public.cer (the root) on each client, as for a root CA"
+        )
+        return
+    if chain is not None:
+        raise HsmcaError("--chain goes with --certificate")
+    if not token_spec:
+        raise HsmcaError("no token given: use --token LABEL (or a pkcs11: URI)")
     selector = parse_token_spec(token_spec)
     created = api.init_ca(
         ca_dir,
@@ -229,17 +281,61 @@ def init(
         subject=subject,
         days=days,
         always_authenticate=always_authenticate,
+        subordinate=subordinate,
     )
     attributes = ", ".join(f"{name}={value}" for name, value in created.key_attributes.items())
-    click.echo(f"Created CA in {created.ca_dir}")
+    kind = "subordinate CA (pending)" if subordinate else "CA"
+    click.echo(f"Created {kind} in {created.ca_dir}")
     click.echo(
         f"  key:        {key_type} '{key_label}' (id {created.key_id.hex()}) on {created.token}"
     )
     click.echo(f"  key checks: {attributes}")
+    if subordinate:
+        click.echo(f"  request:    {created.csr_path}")
+        click.echo(
+            f"  next:       hsmca sign-ca {created.csr_path} --ca-dir ROOT_DIR --out sub.pem, "
+            f"then hsmca init {created.ca_dir} --certificate sub.pem"
+        )
+        return
     click.echo(f"  thumbprint: {created.thumbprint}")
     click.echo(
         "  trust it:   copy root-authority-public.cer to each client and import it into "
         "Trusted Root Certification Authorities"
+    )
+
+
+@cli.command(name="sign-ca")
+@ca_dir_option
+@click.argument("csr_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--path-length", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--days", type=int, default=1825, show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Output PEM: the new CA certificate, then this CA's chain "
+    "(default: <CSR name>-certificate.pem).",
+)
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+@pin_file_option
+def sign_ca(ca_dir, csr_file, path_length, days, out, force, pin_file) -> None:
+    """This (root) CA signs a subordinate CA's request from 'hsmca init --subordinate'."""
+    from . import api, x509build
+    from .db import rfc4514, serial_hex
+
+    certificate, path = api.sign_ca(
+        ca_dir,
+        csr_file,
+        pin_source=pin_source(pin_file),
+        path_length=path_length,
+        days=days,
+        out=out,
+        force=force,
+    )
+    serial = serial_hex(certificate.serial_number)
+    click.echo(
+        f"Wrote {path}: {rfc4514(certificate.subject)} (serial {serial}, "
+        f"path length {path_length}, valid until {certificate.not_valid_after:%Y-%m-%d}, "
+        f"thumbprint {x509build.sha1_thumbprint(certificate.dump())})"
     )
 
 

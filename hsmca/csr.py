@@ -65,7 +65,9 @@ class ParsedCsr:
     source: str
     """How error messages name the CSR (usually its file name)."""
     subject: str
-    """The requested subject (RFC 4514), for messages only; it is never copied."""
+    """The requested subject (RFC 4514), for messages; a server certificate never copies it."""
+    subject_name: x509.Name = field(repr=False)
+    """The requested subject as encoded: what `sign-ca` gives a subordinate CA."""
     common_names: tuple[str, ...]
     """The subject's CN values as written (normally exactly one)."""
     dns_names: tuple[str, ...]
@@ -118,7 +120,7 @@ class ParsedCsr:
             raise InvalidRequest(f"{self.source}: {exc}{note if hint else ''}") from None
 
 
-def parse_csr(data: bytes | str, source: str = "the CSR") -> ParsedCsr:
+def parse_csr(data: bytes | str, source: str = "the CSR", *, for_ca: bool = False) -> ParsedCsr:
     """Read a PEM or DER PKCS#10 request, verify its signature and extract what hsmca uses.
 
     Raises InvalidRequest when the data is not a single well-formed CSR, the signature does not
@@ -169,10 +171,11 @@ def parse_csr(data: bytes | str, source: str = "the CSR") -> ParsedCsr:
             "or altered in transit); nothing was signed. Create the request again"
         )
 
-    dns_names, ip_addresses, ignored = _names_and_refusals(extensions, source)
+    dns_names, ip_addresses, ignored = _names_and_refusals(extensions, source, for_ca)
     return ParsedCsr(
         source=source,
         subject=subject,
+        subject_name=info["subject"],
         common_names=common_names,
         dns_names=tuple(dns_names),
         ip_addresses=tuple(ip_addresses),
@@ -298,7 +301,7 @@ def _public_key(checked: cx509.CertificateSigningRequest, key_algorithm: str, so
     return keys.PublicKeyInfo.load(spki), key_type
 
 
-def _names_and_refusals(extensions: list[x509.Extension], source: str):
+def _names_and_refusals(extensions: list[x509.Extension], source: str, for_ca: bool = False):
     dns_names: list[str] = []
     ip_addresses: list[str] = []
     ignored: list[str] = []
@@ -311,7 +314,7 @@ def _names_and_refusals(extensions: list[x509.Extension], source: str):
                 raise InvalidRequest(f"{source} requests the {name} extension twice")
             seen.add(oid)
             if name == "basic_constraints":
-                if extension["extn_value"].parsed["ca"].native:
+                if extension["extn_value"].parsed["ca"].native and not for_ca:
                     raise InvalidRequest(
                         f"{source} asks for a CA certificate (basicConstraints CA:TRUE); hsmca "
                         "signs only server certificates from requests, nothing was signed"

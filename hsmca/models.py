@@ -103,3 +103,7 @@ class CaConfig:
     key_id: bytes
     """CKA_ID shared by the private key, public key and certificate objects on the token."""
     key_type: KeyType
+    state: str = "active"
+    """"active", or "pending" for a subordinate CA whose certificate the root has not signed."""
+    public_key: bytes = b""
+    """SubjectPublicKeyInfo DER of the key; what a pending CA's certificate must certify."""

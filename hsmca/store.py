@@ -23,6 +23,10 @@ CONFIG_NAME = "hsmca.toml"
 CA_CERT_DER_NAME = "root-authority-public.cer"
 CA_CERT_PEM_NAME = "ca.pem"
 THUMBPRINT_NAME = "ca_thumbprint.txt"
+CHAIN_PEM_NAME = "chain.pem"
+"""The certificates above a subordinate CA, up to the root (absent for a root CA)."""
+CSR_NAME = "ca.csr"
+"""A pending subordinate CA's request, for the root to sign."""
 CONFIG_FORMAT = 1
 
 SECRET_MODE = 0o600
@@ -162,6 +166,10 @@ def render_config(config: CaConfig) -> bytes:
         f"label = {_toml_string(config.key_label)}",
         f"id = {_toml_string(config.key_id.hex())}",
         f"type = {_toml_string(config.key_type.value)}",
+        f"public_key = {_toml_string(config.public_key.hex())}",
+        "",
+        "[ca]",
+        f"state = {_toml_string(config.state)}",
         "",
     ]
     return "\n".join(lines).encode("utf-8")
@@ -196,14 +204,30 @@ def load_config(ca_dir: Path) -> CaConfig:
             key_label=str(key["label"]),
             key_id=bytes.fromhex(key["id"]),
             key_type=KeyType(key["type"]),
+            public_key=bytes.fromhex(key.get("public_key", "")),
+            state=str(data.get("ca", {}).get("state", "active")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise InvalidRequest(f"{path} is damaged or not hsmca's ({exc}); restore it") from None
 
 
-def read_ca_certificate(ca_dir: Path) -> bytes:
-    path = ca_dir / CA_CERT_DER_NAME
+def _read_pem_certificates(path: Path) -> list[bytes]:
+    from asn1crypto import pem
+
     try:
-        return path.read_bytes()
+        data = path.read_bytes()
     except OSError as exc:
-        raise InvalidRequest(f"cannot read the CA certificate {path}: {exc.strerror}") from None
+        raise InvalidRequest(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return [der for kind, _, der in pem.unarmor(data, multiple=True) if kind == "CERTIFICATE"]
+    except ValueError:
+        raise InvalidRequest(f"{path} is not PEM; restore it") from None
+
+
+def read_ca_chain(ca_dir: Path) -> list[bytes]:
+    """The issuing CA's certificate (ca.pem), then those above it (chain.pem) up to the root."""
+    (certificate, *_) = _read_pem_certificates(ca_dir / CA_CERT_PEM_NAME) or [None]
+    if certificate is None:
+        raise InvalidRequest(f"{ca_dir / CA_CERT_PEM_NAME} holds no certificate; restore it")
+    above = ca_dir / CHAIN_PEM_NAME
+    return [certificate, *(_read_pem_certificates(above) if above.exists() else [])]

@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Iterable
 
 import idna
-from asn1crypto import core, keys, x509
+from asn1crypto import core, csr, keys, x509
 from cryptography import x509 as cx509
 
 from .errors import InvalidRequest
@@ -260,8 +260,10 @@ def ca_tbs(
     not_before: dt.datetime,
     not_after: dt.datetime,
     path_length: int | None = None,
+    issuer: x509.Certificate | None = None,
+    issuer_key_type: KeyType | None = None,
 ) -> x509.TbsCertificate:
-    """The TBSCertificate of a self-signed root CA."""
+    """The TBSCertificate of a CA: self-signed (a root) unless `issuer` is given."""
     basic = {"ca": True}
     if path_length is not None:
         basic["path_len_constraint"] = path_length
@@ -274,14 +276,17 @@ def ca_tbs(
         ),
         _extension("key_identifier", key_identifier(public_key)),
         # RFC 5280 lets a self-signed root omit the AKI; pkilint and some path builders want it.
-        _extension("authority_key_identifier", {"key_identifier": key_identifier(public_key)}),
+        _extension(
+            "authority_key_identifier",
+            {"key_identifier": issuer.key_identifier if issuer else key_identifier(public_key)},
+        ),
     ]
     return x509.TbsCertificate(
         {
             "version": "v3",
             "serial_number": serial,
-            "signature": signature_algorithm(key_type),
-            "issuer": subject,
+            "signature": signature_algorithm(issuer_key_type or key_type),
+            "issuer": issuer.subject if issuer else subject,
             "validity": {"not_before": _time(not_before), "not_after": _time(not_after)},
             "subject": subject,
             "subject_public_key_info": public_key,
@@ -326,6 +331,27 @@ def server_tbs(
             "subject": common_name(request.common_name),
             "subject_public_key_info": public_key,
             "extensions": extensions,
+        }
+    )
+
+
+def certification_request_info(
+    subject: x509.Name, public_key: keys.PublicKeyInfo
+) -> csr.CertificationRequestInfo:
+    """The part of a PKCS#10 request its key signs: a subject and a key, nothing requested."""
+    return csr.CertificationRequestInfo(
+        {"version": "v1", "subject": subject, "subject_pk_info": public_key, "attributes": []}
+    )
+
+
+def certification_request(
+    info: csr.CertificationRequestInfo, key_type: KeyType, signature: bytes
+) -> csr.CertificationRequest:
+    return csr.CertificationRequest(
+        {
+            "certification_request_info": info,
+            "signature_algorithm": signature_algorithm(key_type),
+            "signature": signature,
         }
     )
 
