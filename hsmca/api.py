@@ -936,6 +936,7 @@ class BatchRow:
     message: str
     path: Path | None = None
     serial: int | None = None
+    notes: tuple[str, ...] = ()
 
 
 def _generate_key_der(key_type_value: str) -> bytes:
@@ -1057,7 +1058,9 @@ def batch_issue(
                         operation="batch",
                         private_key=private_key,
                     )
-                    result = BatchRow(row.line, "issued", f"{path.name}", path, issued.serial)
+                    result = BatchRow(
+                        row.line, "issued", path.name, path, issued.serial, tuple(issued.notes)
+                    )
                 except HsmcaError as exc:
                     result = BatchRow(row.line, "failed", str(exc), path)
                 results.append(result)

@@ -289,7 +289,7 @@ def init(
     click.echo(
         f"  key:        {key_type} '{key_label}' (id {created.key_id.hex()}) on {created.token}"
     )
-    click.echo(f"  key checks: {attributes}")
+    click.echo(f"  key checks: {attributes}; a test signature verified on this host")
     if subordinate:
         click.echo(f"  request:    {created.csr_path}")
         click.echo(
@@ -629,6 +629,8 @@ def batch(ca_dir, inventory, out_dir, password_file, legacy_pfx, resume, strict,
     on_terminal = sys.stdout.isatty()
 
     def show(result) -> None:
+        for note in result.notes:
+            click.echo(f"Note: line {result.line}: {note}", err=True)
         if result.status == "issued":
             text = (
                 f"line {result.line}: issued {result.message} (serial {serial_hex(result.serial)})"
