@@ -258,33 +258,24 @@ def generate_ca_key(
             Attribute.ENCRYPT: False,
             Attribute.WRAP: False,
         }
-        capabilities = pkcs11.MechanismFlag.SIGN | pkcs11.MechanismFlag.VERIFY
+        options = {
+            "id": key_id,
+            "label": label,
+            "store": True,
+            "capabilities": pkcs11.MechanismFlag.SIGN | pkcs11.MechanismFlag.VERIFY,
+            "public_template": public_template,
+            "private_template": private_template,
+        }
         algorithm = key_type.algorithm
         if key_type.is_rsa:
-            public, private = session.generate_keypair(
-                P11KeyType.RSA,
-                algorithm.bits,
-                id=key_id,
-                label=label,
-                store=True,
-                capabilities=capabilities,
-                public_template=public_template,
-                private_template=private_template,
-            )
+            public, private = session.generate_keypair(P11KeyType.RSA, algorithm.bits, **options)
         else:
             parameters = session.create_domain_parameters(
                 P11KeyType.EC,
                 {Attribute.EC_PARAMS: encode_named_curve_parameters(algorithm.curve)},
                 local=True,
             )
-            public, private = parameters.generate_keypair(
-                id=key_id,
-                label=label,
-                store=True,
-                capabilities=capabilities,
-                public_template=public_template,
-                private_template=private_template,
-            )
+            public, private = parameters.generate_keypair(**options)
         try:
             attributes = read_safety_attributes(private)
             if not attributes["sensitive"] or attributes["extractable"]:
