@@ -6,6 +6,7 @@ writes its outputs only after every signature has been verified.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import datetime as dt
@@ -486,10 +487,10 @@ class OpenCa:
         # Everything in a leaf but its serial, validity, names and key is encoded once.
         self.leaf_template = LeafTemplate(self.certificate, config.key_type)
 
-    def sign_server(
+    def leaf_tbs(
         self, request: ServerRequest, public_key: keys.PublicKeyInfo
-    ) -> tuple[x509.Certificate, list[str]]:
-        """Sign a server certificate for `public_key`; returns it with notes for the user."""
+    ) -> tuple[x509.TbsCertificate, list[str]]:
+        """The TBSCertificate of a server certificate for `public_key`, with notes for the user."""
         issuer = self.certificate
         not_before, not_after = x509build.validity(
             request.days, not_after_limit=issuer.not_valid_after
@@ -502,17 +503,35 @@ class OpenCa:
         tbs = self.leaf_template.tbs(
             request, public_key, x509build.random_serial(), not_before, not_after
         )
+        return tbs, notes
+
+    def sign_server(
+        self,
+        request: ServerRequest,
+        public_key: keys.PublicKeyInfo,
+        prepared: tuple[x509.TbsCertificate, list[str], signing.LintedTbs] | None = None,
+    ) -> tuple[x509.Certificate, list[str]]:
+        """Sign a server certificate for `public_key`; returns it with notes for the user.
+
+        `prepared` is what `leaf_tbs` made and `signing.lint_tbs` passed, when that was done
+        elsewhere (in worker processes for bulk signing).
+        """
+        if prepared is None:
+            tbs, notes = self.leaf_tbs(request, public_key)
+            linted = None
+        else:
+            tbs, notes, linted = prepared
         certificate, tolerated = signing.sign_certificate(
             tbs,
             self.signer,
-            issuer.public_key,
+            self.certificate.public_key,
             lint.single_label_allowances(request.dns_names),
+            linted=linted,
         )
-        notes += [
+        return certificate, notes + [
             f"allowed on purpose for a workgroup host name: {finding.code} ({finding.message})"
             for finding in tolerated
         ]
-        return certificate, notes
 
     def deliver(self, deliveries: list[Delivery]) -> list:
         """Record and audit signed certificates, then write their output files.
@@ -613,37 +632,66 @@ class OpenCa:
         )
 
     def sign_csrs(self, prepared, force: bool = False, chunk: int = 64) -> list[CsrSigned]:
-        """Sign verified CSRs' keys; write each leaf and the chain as PEM, `chunk` at a time."""
+        """Sign verified CSRs' keys; write each leaf and the chain as PEM, `chunk` at a time.
+
+        Many CSRs are linted in worker processes (pkilint costs several times a signature)
+        while this process, the only one with the token session, signs.
+        """
         signed = []
-        for start in range(0, len(prepared), chunk):
-            deliveries = []
-            for parsed, request, out in prepared[start : start + chunk]:
-                certificate, notes = self.sign_server(request, parsed.public_key)
-                pem_chain = b"".join(_pem(der) for der in [certificate.dump(), *self.chain_der])
-                deliveries.append(
-                    Delivery(
-                        certificate,
-                        "csr",
-                        request.key_type,
-                        request.days,
-                        out,
-                        pem_chain,
-                        store.PUBLIC_MODE,
-                        force,
-                        "sign",
+        with _lint_pool(len(prepared)) as pool:
+            for start in range(0, len(prepared), chunk):
+                part = prepared[start : start + chunk]
+                leaves = [self.leaf_tbs(request, parsed.public_key) for parsed, request, _ in part]
+                lint_jobs = [
+                    (
+                        tbs.dump(),
+                        self.config.key_type,
+                        lint.single_label_allowances(request.dns_names),
                     )
-                )
-                signed.append(
-                    CsrSigned(
-                        parsed.source,
-                        Path(out),
-                        certificate.serial_number,
-                        request.dns_names,
-                        certificate.not_valid_after,
-                        notes,
+                    for (tbs, _), (_, request, _) in zip(leaves, part, strict=True)
+                ]
+                # Every certificate of the chunk passes lint before the token signs any of it,
+                # so a refusal never leaves a signed certificate unrecorded.
+                linted = None
+                if pool:
+                    try:
+                        linted = list(pool.map(signing.lint_tbs, *zip(*lint_jobs, strict=True)))
+                    except concurrent.futures.process.BrokenProcessPool:
+                        pool = None  # workers could not start here: lint in this process
+                if linted is None:
+                    linted = [signing.lint_tbs(*job) for job in lint_jobs]
+                deliveries = []
+                for (parsed, request, out), (tbs, notes), passed in zip(
+                    part, leaves, linted, strict=True
+                ):
+                    certificate, notes = self.sign_server(
+                        request, parsed.public_key, (tbs, notes, passed)
                     )
-                )
-            self.deliver(deliveries)
+                    pem_chain = b"".join(_pem(der) for der in [certificate.dump(), *self.chain_der])
+                    deliveries.append(
+                        Delivery(
+                            certificate,
+                            "csr",
+                            request.key_type,
+                            request.days,
+                            out,
+                            pem_chain,
+                            store.PUBLIC_MODE,
+                            force,
+                            "sign",
+                        )
+                    )
+                    signed.append(
+                        CsrSigned(
+                            parsed.source,
+                            Path(out),
+                            certificate.serial_number,
+                            request.dns_names,
+                            certificate.not_valid_after,
+                            notes,
+                        )
+                    )
+                self.deliver(deliveries)
         return signed
 
     def make_crl(self, days: int, out: Path, pem_output: bool = False) -> CrlMade:
@@ -691,6 +739,26 @@ class OpenCa:
         return CrlMade(
             Path(out), crl_number, len(revoked), signed["tbs_cert_list"]["next_update"].native
         )
+
+
+# Below this many certificates, starting lint workers costs more than it saves.
+PARALLEL_LINT_FROM = 256
+
+
+@contextlib.contextmanager
+def _lint_pool(count: int):
+    """Worker processes for pre-issuance linting of `count` certificates, or None if few."""
+    import multiprocessing
+    import os
+
+    workers = os.cpu_count() or 1
+    if count < PARALLEL_LINT_FROM or workers < 2:
+        yield None
+        return
+    # spawn: a forked child would inherit the logged-in PKCS#11 library state.
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        yield pool
 
 
 @contextlib.contextmanager
@@ -1017,7 +1085,6 @@ def batch_issue(
     Server keys are generated in worker processes (both cores) while this process, the only
     one that talks to the token, signs one certificate at a time.
     """
-    import concurrent.futures
     import multiprocessing
     import os
 

@@ -8,6 +8,7 @@ the caller get a certificate to write anywhere.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Protocol
 
 from asn1crypto import keys, x509
@@ -99,28 +100,53 @@ def _lint_signer(key_type: KeyType) -> SoftwareSigner:
     return SoftwareSigner(key_type)
 
 
+@dataclass(frozen=True)
+class LintedTbs:
+    """A TBSCertificate's exact bytes that pkilint passed, with the findings it tolerated."""
+
+    tbs_der: bytes
+    tolerated: tuple[lint.Finding, ...]
+
+
+def lint_tbs(
+    tbs_der: bytes, key_type: KeyType, allowed_findings: frozenset[lint.Allowance] = frozenset()
+) -> LintedTbs:
+    """Sign `tbs_der` with a throwaway key of the issuer's type and lint the result.
+
+    Pure and picklable, so bulk signing can lint in worker processes while the one process
+    that holds the token session signs.
+    """
+    rehearsal = _lint_signer(key_type)
+    tbs = x509.TbsCertificate.load(tbs_der)
+    tolerated = lint.check_certificate(
+        x509build.certificate(tbs, key_type, rehearsal.sign(tbs_der)).dump(), allowed_findings
+    )
+    return LintedTbs(tbs_der, tuple(tolerated))
+
+
 def sign_certificate(
     tbs: x509.TbsCertificate,
     signer: Signer,
     issuer_public_key: keys.PublicKeyInfo,
     allowed_findings: frozenset[lint.Allowance] = frozenset(),
+    linted: LintedTbs | None = None,
 ) -> tuple[x509.Certificate, list[lint.Finding]]:
-    """Lint `tbs`, have `signer` sign it, verify the signature and return the certificate.
+    """Lint `tbs` (unless `linted` already holds it), have `signer` sign it, verify, assemble.
 
     Also returns the lint findings that `allowed_findings` tolerated, for a note to the user.
+    The token only ever signs bytes identical to those the linter passed.
     """
     tbs_der = tbs.dump()
-    rehearsal = _lint_signer(signer.key_type)
-    tolerated = lint.check_certificate(
-        x509build.certificate(tbs, signer.key_type, rehearsal.sign(tbs_der)).dump(),
-        allowed_findings,
-    )
+    if linted is None:
+        linted = lint_tbs(tbs_der, signer.key_type, allowed_findings)
+    if linted.tbs_der != tbs_der:
+        raise IntegrityError("the certificate to sign differs from the linted one; nothing signed")
     signature = signer.sign(tbs_der)
     verify_signature(issuer_public_key, signer.key_type, tbs_der, signature)
     signed = x509build.certificate(x509.TbsCertificate.load(tbs_der), signer.key_type, signature)
     if signed["tbs_certificate"].dump() != tbs_der:
         raise IntegrityError("the signed certificate differs from the linted one; nothing written")
-    return signed, tolerated
+    return signed, list(linted.tolerated)
 
 
 def sign_crl(tbs, signer: Signer, issuer_public_key: keys.PublicKeyInfo, lint_tbs=None):
