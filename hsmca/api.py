@@ -561,6 +561,7 @@ class OpenCa:
                     delivery.key_type,
                     delivery.days,
                     out,
+                    output_sha256=hashlib.sha256(delivery.data).hexdigest(),
                 )
                 for delivery, out in items
             ]
@@ -578,17 +579,16 @@ class OpenCa:
         return records
 
     def _mark_written(self, written) -> None:
+        """Mark rows written; a file's earlier certificates (unfinished, or replaced with
+        --force) are superseded by the one the file now holds."""
         if not written:
             return
         with self.db.transaction():
-            unfinished = {}
-            for earlier in self.db.unfinished_outputs():
-                unfinished.setdefault(earlier.output_path, []).append(earlier.serial)
             for record, out in written:
                 self.db.mark_output(record.serial, "written")
-                for serial in unfinished.get(str(out), []):
-                    if serial != record.serial:
-                        self.db.supersede(serial, record.serial)
+                for earlier in self.db.active_for_output(out):
+                    if earlier.serial != record.serial:
+                        self.db.supersede(earlier.serial, record.serial)
 
     def issue_server(
         self,
@@ -1019,6 +1019,18 @@ def _generate_key_der(key_type_value: str) -> bytes:
     )
 
 
+def _finish_interrupted(database, record, path: Path) -> bool:
+    """A run killed after renaming a file into place but before marking its row written:
+    if the file holds exactly the bytes recorded for it, the row is marked written now."""
+    if record.output_state == "written" or record.status != "active":
+        return False
+    expected = database.output_digest(record.serial)
+    if expected is None or hashlib.sha256(path.read_bytes()).hexdigest() != expected:
+        return False
+    database.mark_output(record.serial, "written")
+    return True
+
+
 def plan_batch(ca_dir: Path, inventory, *, out_dir: Path, resume: bool):
     """Check every row's output before the token is touched.
 
@@ -1028,13 +1040,15 @@ def plan_batch(ca_dir: Path, inventory, *, out_dir: Path, resume: bool):
         BatchRow(error.line, "failed", error.message) for error in inventory.errors
     ]
     todo = []
-    with read_database(ca_dir) as database:
+    with locking.ca_lock(ca_dir), read_database(ca_dir) as database:
         for row in inventory.rows:
             path = (out_dir / (row.out or f"{row.request.common_name}.pfx")).absolute()
             if path.is_dir():
                 decided.append(BatchRow(row.line, "failed", f"{path} is a directory", path))
             elif path.exists():
                 record = database.find_output(path)
+                if resume and record is not None and _finish_interrupted(database, record, path):
+                    record = database.find_output(path)
                 if resume and record is not None and record.output_state == "written":
                     decided.append(
                         BatchRow(

@@ -463,7 +463,9 @@ def check_expiry(ca_dir, within, as_json) -> None:
     else:
         for record in records:
             left = record.days_left(now)
-            when = f"expired {-left} days ago" if left < 0 else f"expires in {left} days"
+            days = abs(left)
+            span = f"{days} day{'s' if days != 1 else ''}"
+            when = f"expired {span} ago" if left < 0 else f"expires in {span}"
             click.echo(
                 f"{record.subject} (serial {record.serial}, {', '.join(record.dns) or '-'}) "
                 f"{when}, on {record.not_after:%Y-%m-%d}"
@@ -756,6 +758,73 @@ def token_info(module, token_spec, pin_file, as_json) -> None:
             if attribute in obj:
                 details.append(f"{attribute}={obj[attribute]}")
         click.echo(f"  {obj['class']} {obj['label']!r}: {', '.join(details)}")
+
+
+@cli.group(name="ceremony")
+def ceremony_group() -> None:
+    """Scripted key ceremonies (root, subordinate-key, sign-ca, crl), each with a transcript."""
+
+
+@ceremony_group.command(name="run")
+@click.argument("ceremony_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--rehearse",
+    "rehearse_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Practise on SoftHSM tokens kept in DIR (never a real token); every file goes under DIR.",
+)
+@click.option(
+    "--transcript",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where the transcript goes (default: the file's 'transcript', else next to the outputs).",
+)
+@pin_file_option
+def ceremony_run(ceremony_file, rehearse_dir, transcript, pin_file) -> None:
+    """Check everything, then run the ceremony in CEREMONY_FILE step by step, with a transcript."""
+    from . import ceremony
+
+    def new_pin(label: str) -> str:
+        return _secret(
+            pin_file,
+            PIN_ENV,
+            "token PIN",
+            "--pin-file",
+            f"New user PIN for the rehearsal token {label!r}",
+            confirm=True,
+        )
+
+    outcome = ceremony.run(
+        ceremony_file,
+        rehearse=rehearse_dir,
+        transcript=transcript,
+        pin_source=pin_source(pin_file),
+        new_pin=new_pin,
+        say=click.echo,
+    )
+    for line in outcome.lines:
+        click.echo(line)
+
+
+@ceremony_group.command(name="verify")
+@click.argument("transcript", type=click.Path(dir_okay=False, path_type=Path))
+def ceremony_verify(transcript) -> None:
+    """Check a transcript's entries and chain, and re-hash the outputs it lists; exit 1 if bad."""
+    from . import ceremony
+
+    report = ceremony.verify_transcript(transcript)
+    kind = "rehearsal" if report.rehearsal else "ceremony"
+    click.echo(
+        f"{report.path}: {report.entries} entries, chain intact; {report.ceremony} {kind} "
+        f"completed {report.finished} by {report.who} on {report.host}"
+    )
+    click.echo(f"  last entry SHA-256 {report.last_line_sha256} (compare with the signed summary)")
+    if report.summary_checked:
+        click.echo("  the summary beside it records the same last entry")
+    click.echo(f"  {len(report.unchanged)} output(s) unchanged")
+    for path in report.unchanged:
+        click.echo(f"    {path}")
+    for path in report.missing:
+        click.echo(f"  not found, not checked: {path}")
 
 
 def main() -> None:

@@ -476,7 +476,24 @@ def _migrate_to_v2(conn: sqlite3.Connection) -> None:
         _insert_names(conn, certificate_id, cn, json.loads(dns), json.loads(ip))
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_to_v1, _migrate_to_v2]
+def _migrate_to_v3(conn: sqlite3.Connection) -> None:
+    """The SHA-256 of each output file's bytes, known before the file is written, so a rerun
+    can tell a file that was written but not yet marked 'written' from a stranger's file."""
+    conn.execute(
+        """
+        CREATE TABLE output_digests (
+            serial TEXT PRIMARY KEY REFERENCES certificates(serial),
+            sha256 TEXT NOT NULL
+        )
+        """
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _migrate_to_v1,
+    _migrate_to_v2,
+    _migrate_to_v3,
+]
 """MIGRATIONS[i] upgrades a database at user_version i to i + 1. Append; never edit a step."""
 
 
@@ -595,6 +612,7 @@ class CaDatabase:
         *,
         output_state: str = "pending",
         facts: CertificateFacts | None = None,
+        output_sha256: str | None = None,
     ) -> CertificateRecord:
         """Record a certificate just signed, with output_state 'pending' until its file is in place.
 
@@ -666,6 +684,11 @@ class CaDatabase:
                 _insert_names(
                     self._conn, cursor.lastrowid, record.common_name, record.dns, record.ip
                 )
+                if output_sha256 is not None:
+                    self._conn.execute(
+                        "INSERT INTO output_digests (serial, sha256) VALUES (?, ?)",
+                        (record.serial, output_sha256),
+                    )
         except sqlite3.IntegrityError as exc:
             if "certificates.serial" in str(exc):
                 existing = self.get(record.serial)
@@ -835,6 +858,22 @@ class CaDatabase:
             (os.path.abspath(os.fspath(path)),),
         )
         return _record(rows[0]) if rows else None
+
+    def output_digest(self, serial: str | int) -> str | None:
+        """The SHA-256 of the bytes that were to be written for `serial`'s output file."""
+        rows = self._query(
+            "SELECT sha256 FROM output_digests WHERE serial = ?", (self._serial_argument(serial),)
+        )
+        return rows[0][0] if rows else None
+
+    def active_for_output(self, path: os.PathLike | str) -> list[CertificateRecord]:
+        """Active certificates recorded for the output file `path`, oldest first."""
+        rows = self._query(
+            f"SELECT {_COLUMNS} FROM certificates "  # noqa: S608
+            "WHERE output_path = ? AND status = 'active' ORDER BY id",
+            (os.path.abspath(os.fspath(path)),),
+        )
+        return [_record(row) for row in rows]
 
     def unfinished_outputs(self) -> list[CertificateRecord]:
         """Active certificates whose output file is 'pending' or 'failed' (interrupted runs)."""

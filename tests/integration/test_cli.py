@@ -426,3 +426,21 @@ def test_interactive_issue_prompts_like_the_guide(ca, tmp_path):
         (tmp_path / "rec6.example.com.pfx").read_bytes(), b"s3cret-pw")
     san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert [str(n.value) for n in san] == ["rec6.example.com", "rec6", "10.0.0.106"]
+
+
+def test_replacing_an_issued_file_supersedes_the_certificate_it_held(ca, tmp_path, password_file):
+    import json
+
+    ca_dir, token = ca
+    out = tmp_path / "rec7.pfx"
+    args = issue_args(ca_dir, token, password_file, "--dns", "rec7.example.com", "--out", str(out))
+    assert run(args).exit_code == 0
+    assert run([*args, "--force"]).exit_code == 0
+    rows = json.loads(run(["list", "--ca-dir", str(ca_dir), "--status", "all", "--json"]).output)
+    mine = [row for row in rows if row["subject"] == "CN=rec7.example.com"]
+    assert sorted(row["status"] for row in mine) == ["active", "superseded"]
+    (old,) = [row for row in mine if row["status"] == "superseded"]
+    (new,) = [row for row in mine if row["status"] == "active"]
+    assert old["superseded_by"] == new["serial"]
+    _, certificate, _ = pkcs12.load_key_and_certificates(out.read_bytes(), PASSWORD.encode())
+    assert format(certificate.serial_number, "x") == new["serial"]
