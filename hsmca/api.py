@@ -430,6 +430,8 @@ class CsrSigned:
     dns_names: tuple[str, ...]
     not_after: dt.datetime
     notes: list[str] = field(default_factory=list)
+    ignored: tuple[str, ...] = ()
+    """What the CSR asked for that was not copied into the certificate."""
 
 
 @dataclass(frozen=True)
@@ -689,6 +691,7 @@ class OpenCa:
                             request.dns_names,
                             certificate.not_valid_after,
                             notes,
+                            parsed.ignored,
                         )
                     )
                 self.deliver(deliveries)
@@ -862,6 +865,18 @@ def renewal_request(ca_dir: Path, serial_or_name: str):
     return record, request
 
 
+def renewal_plan(ca_dir: Path, serial_or_name: str, out: Path | None, force: bool):
+    """What renewing means here: (record, request, output path, may it be replaced).
+
+    The renewed certificate's own file may be replaced without --force: renewal replaces it.
+    """
+    record, request = renewal_request(ca_dir, serial_or_name)
+    out = Path(out) if out else default_pfx_path(request)
+    force = force or str(out.absolute()) == record.output_path
+    store.check_output(out, force)
+    return record, request, out, force
+
+
 def renew(
     ca_dir: Path,
     serial_or_name: str,
@@ -873,9 +888,7 @@ def renew(
     force: bool = False,
 ) -> Renewal:
     """A new key and certificate like an old one; the old one becomes 'superseded'."""
-    record, request = renewal_request(ca_dir, serial_or_name)
-    out = Path(out) if out else default_pfx_path(request)
-    store.check_output(out, force)
+    record, request, out, force = renewal_plan(ca_dir, serial_or_name, out, force)
     pfx.check_password(password)
     with open_ca(ca_dir, pin_source) as ca:
         current = ca.db.find(record.serial)

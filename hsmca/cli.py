@@ -185,6 +185,9 @@ def _key_type(value: str):
 @click.version_option(__version__, prog_name="hsmca")
 def cli() -> None:
     """A certificate authority whose private key never leaves a PKCS#11 token."""
+    from . import locking
+
+    locking.notify_waits(lambda message: click.echo(f"{message} ...", err=True))
 
 
 @cli.command()
@@ -486,12 +489,10 @@ def check_expiry(ca_dir, within, as_json) -> None:
 @pin_file_option
 def renew(ca_dir, serial_or_name, password_file, legacy_pfx, out, force, pin_file) -> None:
     """A new key and certificate with the same names; the old one becomes superseded."""
-    from . import api, store
+    from . import api
     from .db import serial_hex
 
-    record, request = api.renewal_request(ca_dir, serial_or_name)
-    out = out or api.default_pfx_path(request)
-    store.check_output(out, force)
+    record, _, out, force = api.renewal_plan(ca_dir, serial_or_name, out, force)
     renewal = api.renew(
         ca_dir,
         record.serial,
@@ -583,6 +584,8 @@ def sign(ca_dir, csrs, out_dir, days, dns, ip, force, pin_file) -> None:
         force=force,
     )
     for result in signed:
+        for note in result.ignored:
+            click.echo(f"Note: {result.source}: not copied: {note}", err=True)
         for note in result.notes:
             click.echo(f"Note: {result.source}: {note}", err=True)
         click.echo(

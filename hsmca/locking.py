@@ -99,6 +99,15 @@ def _acquire(
             time.sleep(_POLL_INTERVAL)
 
 
+_notify_wait: Callable[[str], None] | None = None
+
+
+def notify_waits(callback: Callable[[str], None] | None) -> None:
+    """Tell the person at the keyboard, through `callback`, whenever a command has to wait."""
+    global _notify_wait
+    _notify_wait = callback
+
+
 @contextlib.contextmanager
 def ca_lock(
     ca_dir: Path | str,
@@ -129,7 +138,7 @@ def ca_lock(
 
     fd = _open_lock_file(ca_dir)
     try:
-        _acquire(fd, ca_dir, timeout, on_wait)
+        _acquire(fd, ca_dir, timeout, on_wait or _notify_wait)
     except BaseException:
         os.close(fd)
         raise

@@ -41,7 +41,7 @@ def check_output(path: Path, force: bool) -> None:
     if path.is_dir():
         raise InvalidRequest(f"{path} is a directory; give a file name for the output")
     if not force and path.exists():
-        raise OutputExists(f"{path} already exists; use --force to replace it or choose --out")
+        raise OutputExists(f"{path} already exists; use --force to replace it, or write elsewhere")
 
 
 def write_file(path: Path, data: bytes, mode: int = PUBLIC_MODE, force: bool = False) -> None:
@@ -67,7 +67,7 @@ def write_file(path: Path, data: bytes, mode: int = PUBLIC_MODE, force: bool = F
         sync_directory(parent)
     except FileExistsError:
         raise OutputExists(
-            f"{path} already exists; use --force to replace it or choose --out"
+            f"{path} already exists; use --force to replace it, or write elsewhere"
         ) from None
     except OSError as exc:
         raise HsmcaError(f"cannot write {path}: {exc.strerror}") from None

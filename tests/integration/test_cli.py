@@ -444,3 +444,26 @@ def test_replacing_an_issued_file_supersedes_the_certificate_it_held(ca, tmp_pat
     assert old["superseded_by"] == new["serial"]
     _, certificate, _ = pkcs12.load_key_and_certificates(out.read_bytes(), PASSWORD.encode())
     assert format(certificate.serial_number, "x") == new["serial"]
+
+
+def test_renew_replaces_the_file_of_the_certificate_it_renews(ca, tmp_path, password_file):
+    ca_dir, token = ca
+    work = tmp_path / "work"
+    work.mkdir()
+    assert run(issue_args(ca_dir, token, password_file, "--dns", "rec8.example.com"),
+               cwd=work).exit_code == 0
+    pfx = work / "rec8.example.com.pfx"
+    _, old, _ = pkcs12.load_key_and_certificates(pfx.read_bytes(), PASSWORD.encode())
+    renewed = run(["renew", "--ca-dir", str(ca_dir), "rec8.example.com", "--pin-file",
+                   str(token.pin_file), "--password-file", str(password_file)], cwd=work)
+    assert renewed.exit_code == 0, renewed.output
+    _, new, _ = pkcs12.load_key_and_certificates(pfx.read_bytes(), PASSWORD.encode())
+    assert new.serial_number != old.serial_number and new.subject == old.subject
+    # Any other existing file is still refused.
+    other = tmp_path / "other.pfx"
+    other.write_bytes(b"keep me")
+    refused = run(["renew", "--ca-dir", str(ca_dir), "rec8.example.com", "--pin-file",
+                   str(token.pin_file), "--password-file", str(password_file),
+                   "--out", str(other)])
+    assert_error(refused, "already exists")
+    assert other.read_bytes() == b"keep me"

@@ -436,13 +436,16 @@ def test_renew_keeps_names_and_changes_key_and_serial(ca):
     old_key, old, _ = load_pfx(out)
     old_bytes = out.read_bytes()
 
-    # The default output is <first DNS name>.pfx, which exists now: --force is needed.
-    assert_error(run(ca.pfx_args("renew", hexserial(old)), cwd=ca.work),
+    # The default output is <first DNS name>.pfx: the renewed certificate's own file, which
+    # renewal replaces without --force. Another existing file needs --force.
+    elsewhere = ca.work / "elsewhere.pfx"
+    elsewhere.write_bytes(b"keep")
+    assert_error(run(ca.pfx_args("renew", hexserial(old), "--out", str(elsewhere)), cwd=ca.work),
                  "already exists", "--force")
-    assert out.read_bytes() == old_bytes
+    assert out.read_bytes() == old_bytes and elsewhere.read_bytes() == b"keep"
     assert ca.statuses()[hexserial(old)] == "active"
 
-    result = ok(ca.pfx_args("renew", hexserial(old), "--force"), cwd=ca.work)
+    result = ok(ca.pfx_args("renew", hexserial(old)), cwd=ca.work)
     new_key, new, chain = load_pfx(out)
     assert hexserial(new) in result.output and hexserial(old) in result.output
     assert new.serial_number != old.serial_number
