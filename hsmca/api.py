@@ -26,6 +26,7 @@ from .models import (
     DEFAULT_KEY_LABEL,
     DEFAULT_SERVER_DAYS,
     SERVER_KEY_TYPES,
+    SIGNATURE_SCHEMES,
     CaConfig,
     KeyType,
     ServerRequest,
@@ -86,6 +87,7 @@ def init_ca(
     days: int = DEFAULT_CA_DAYS,
     always_authenticate: bool = False,
     subordinate: bool = False,
+    signature_scheme: str = "pkcs1v15",
 ) -> CaCreated:
     """Generate the CA key on the token and create CA_DIR.
 
@@ -100,6 +102,12 @@ def init_ca(
     x509build.validate_days(days)
     if not key_label.strip():
         raise InvalidRequest("the key label is empty; give one with --key-label")
+    pss = _wants_pss(signature_scheme, key_type)
+    if pss and subordinate:
+        raise InvalidRequest(
+            "a subordinate CA's certificate is signed by the root: give --signature-scheme to "
+            "hsmca sign-ca instead"
+        )
     selector = parse_token_spec(token_spec)
     module = module or selector.module_path or ""
     device = token.find_token(module, selector)
@@ -148,8 +156,11 @@ def init_ca(
                 x509build.random_serial(),
                 not_before,
                 not_after,
+                pss=pss,
             )
-            certificate, _ = signing.sign_certificate(tbs, signer, public_key)
+            certificate, _ = signing.sign_certificate(
+                tbs, signer.with_pss() if pss else signer, public_key
+            )
             der = certificate.dump()
             _store_on_token(session, certificate, key_label, generated.key_id)
             thumbprint = x509build.sha1_thumbprint(der)
@@ -175,6 +186,16 @@ def init_ca(
                 token.destroy_key(session, generated.key_id)
             raise
     return CaCreated(ca_dir, der, thumbprint, info, generated.key_id, generated.attributes)
+
+
+def _wants_pss(signature_scheme: str, key_type: KeyType) -> bool:
+    if signature_scheme not in SIGNATURE_SCHEMES:
+        raise InvalidRequest(
+            f"signature scheme {signature_scheme!r} is not one of {', '.join(SIGNATURE_SCHEMES)}"
+        )
+    if signature_scheme == "pss" and not key_type.is_rsa:
+        raise InvalidRequest(f"RSA-PSS needs an RSA CA key; this one is {key_type.value}")
+    return signature_scheme == "pss"
 
 
 def _store_on_token(session, certificate: x509.Certificate, label: str, key_id: bytes) -> None:
@@ -373,6 +394,7 @@ def sign_ca(
     days: int = DEFAULT_SUBORDINATE_DAYS,
     out: Path | None = None,
     force: bool = False,
+    signature_scheme: str = "pkcs1v15",
 ):
     """The root signs a subordinate CA's request; writes the new certificate, then the root's."""
     from . import csr
@@ -388,6 +410,7 @@ def sign_ca(
     out = Path(out) if out else Path.cwd() / f"{Path(csr_path).stem}-certificate.pem"
     store.check_output(out, force)
     with open_ca(root_dir, pin_source) as ca:
+        pss = _wants_pss(signature_scheme, ca.config.key_type)
         not_before, not_after = x509build.validity(
             days, not_after_limit=ca.certificate.not_valid_after
         )
@@ -401,8 +424,10 @@ def sign_ca(
             path_length,
             issuer=ca.certificate,
             issuer_key_type=ca.config.key_type,
+            pss=pss,
         )
-        certificate, _ = signing.sign_certificate(tbs, ca.signer, ca.certificate.public_key)
+        signer = ca.signer.with_pss() if pss else ca.signer
+        certificate, _ = signing.sign_certificate(tbs, signer, ca.certificate.public_key)
         data = b"".join(_pem(der) for der in [certificate.dump(), *ca.chain_der])
         ca.deliver(
             [

@@ -213,6 +213,13 @@ def cli() -> None:
     help="Make the token require the PIN again before every signature (CKA_ALWAYS_AUTHENTICATE).",
 )
 @click.option(
+    "--signature-scheme",
+    type=click.Choice(["pkcs1v15", "pss"]),
+    default="pkcs1v15",
+    show_default=True,
+    help="How an RSA root signs its own certificate; pss where the token offers RSA-PSS.",
+)
+@click.option(
     "--subordinate",
     is_flag=True,
     help="Make an issuing CA: write CA_DIR/ca.csr for the root to sign (hsmca sign-ca).",
@@ -237,6 +244,7 @@ def init(
     subject,
     days,
     always_authenticate,
+    signature_scheme,
     subordinate,
     certificate,
     chain,
@@ -285,6 +293,7 @@ def init(
         days=days,
         always_authenticate=always_authenticate,
         subordinate=subordinate,
+        signature_scheme=signature_scheme,
     )
     attributes = ", ".join(f"{name}={value}" for name, value in created.key_attributes.items())
     kind = "subordinate CA (pending)" if subordinate else "CA"
@@ -319,8 +328,15 @@ def init(
     "(default: <CSR name>-certificate.pem).",
 )
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
+@click.option(
+    "--signature-scheme",
+    type=click.Choice(["pkcs1v15", "pss"]),
+    default="pkcs1v15",
+    show_default=True,
+    help="How an RSA root signs the CA certificate; pss where the token offers RSA-PSS.",
+)
 @pin_file_option
-def sign_ca(ca_dir, csr_file, path_length, days, out, force, pin_file) -> None:
+def sign_ca(ca_dir, csr_file, path_length, days, out, force, signature_scheme, pin_file) -> None:
     """This (root) CA signs a subordinate CA's request from 'hsmca init --subordinate'."""
     from . import api, x509build
     from .db import rfc4514, serial_hex
@@ -333,6 +349,7 @@ def sign_ca(ca_dir, csr_file, path_length, days, out, force, pin_file) -> None:
         days=days,
         out=out,
         force=force,
+        signature_scheme=signature_scheme,
     )
     serial = serial_hex(certificate.serial_number)
     click.echo(

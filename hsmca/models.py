@@ -43,17 +43,45 @@ class KeyAlgorithm:
     """The PKCS#11 mechanism that hashes and signs in one call, by its python-pkcs11 name."""
     raw_mechanism: str
     """The mechanism that signs a host-made digest (DigestInfo for RSA, the bare hash for ECDSA)."""
+    pss_hashed_mechanism: str | None = None
+    """RSA-PSS (RFC 4055: MGF1 with the same hash, salt as long as the hash) hashing on token."""
+    pss_raw_mechanism: str | None = None
+    """RSA-PSS over a host-made hash."""
 
 
 KEY_ALGORITHMS: dict[KeyType, KeyAlgorithm] = {
     KeyType.RSA2048: KeyAlgorithm(
-        "rsa", 2048, None, "sha256", "sha256_rsa", "SHA256_RSA_PKCS", "RSA_PKCS"
+        "rsa",
+        2048,
+        None,
+        "sha256",
+        "sha256_rsa",
+        "SHA256_RSA_PKCS",
+        "RSA_PKCS",
+        "SHA256_RSA_PKCS_PSS",
+        "RSA_PKCS_PSS",
     ),
     KeyType.RSA3072: KeyAlgorithm(
-        "rsa", 3072, None, "sha256", "sha256_rsa", "SHA256_RSA_PKCS", "RSA_PKCS"
+        "rsa",
+        3072,
+        None,
+        "sha256",
+        "sha256_rsa",
+        "SHA256_RSA_PKCS",
+        "RSA_PKCS",
+        "SHA256_RSA_PKCS_PSS",
+        "RSA_PKCS_PSS",
     ),
     KeyType.RSA4096: KeyAlgorithm(
-        "rsa", 4096, None, "sha256", "sha256_rsa", "SHA256_RSA_PKCS", "RSA_PKCS"
+        "rsa",
+        4096,
+        None,
+        "sha256",
+        "sha256_rsa",
+        "SHA256_RSA_PKCS",
+        "RSA_PKCS",
+        "SHA256_RSA_PKCS_PSS",
+        "RSA_PKCS_PSS",
     ),
     KeyType.P256: KeyAlgorithm(
         "ec", 256, "secp256r1", "sha256", "sha256_ecdsa", "ECDSA_SHA256", "ECDSA"
@@ -71,6 +99,8 @@ DEFAULT_CA_DAYS = 3650
 DEFAULT_SERVER_DAYS = 365
 DEFAULT_KEY_LABEL = "hsmca-ca"
 PFX_FRIENDLY_NAME = "VMS Recorder Certificate"
+SIGNATURE_SCHEMES = ("pkcs1v15", "pss")
+"""How an RSA CA signs CA certificates: PKCS#1 v1.5 (default, what every Windows reads) or PSS."""
 
 
 @dataclass(frozen=True)

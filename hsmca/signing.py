@@ -40,15 +40,25 @@ def _load_public_key(der: bytes):
         raise IntegrityError("the issuer's public key cannot be read; nothing was signed") from None
 
 
+def _rsa_padding(digest, pss: bool):
+    if pss:
+        return padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size)
+    return padding.PKCS1v15()
+
+
 def verify_signature(
-    public_key: keys.PublicKeyInfo, key_type: KeyType, data: bytes, signature: bytes
+    public_key: keys.PublicKeyInfo,
+    key_type: KeyType,
+    data: bytes,
+    signature: bytes,
+    pss: bool = False,
 ) -> None:
     """Raise IntegrityError unless `signature` over `data` verifies with `public_key`."""
     key = _load_public_key(public_key.dump())
     digest = _HASHES[key_type.algorithm.hash_name]()
     try:
         if isinstance(key, rsa.RSAPublicKey):
-            key.verify(signature, data, padding.PKCS1v15(), digest)
+            key.verify(signature, data, _rsa_padding(digest, pss), digest)
         elif isinstance(key, ec.EllipticCurvePublicKey):
             key.verify(signature, data, ec.ECDSA(digest))
         else:
@@ -63,9 +73,10 @@ def verify_signature(
 class SoftwareSigner:
     """A signer with a key in memory: for linting TBS structures and for pure unit tests."""
 
-    def __init__(self, key_type: KeyType, private_key=None):
+    def __init__(self, key_type: KeyType, private_key=None, pss: bool = False):
         self._key_type = key_type
         self.private_key = private_key or generate_private_key(key_type)
+        self.pss = pss
 
     @property
     def key_type(self) -> KeyType:
@@ -82,7 +93,7 @@ class SoftwareSigner:
     def sign(self, data: bytes) -> bytes:
         digest = _HASHES[self._key_type.algorithm.hash_name]()
         if self._key_type.is_rsa:
-            return self.private_key.sign(data, padding.PKCS1v15(), digest)
+            return self.private_key.sign(data, _rsa_padding(digest, self.pss), digest)
         return self.private_key.sign(data, ec.ECDSA(digest))
 
 
@@ -96,8 +107,8 @@ def generate_private_key(key_type: KeyType):
 
 
 @functools.cache
-def _lint_signer(key_type: KeyType) -> SoftwareSigner:
-    return SoftwareSigner(key_type)
+def _lint_signer(key_type: KeyType, pss: bool = False) -> SoftwareSigner:
+    return SoftwareSigner(key_type, pss=pss)
 
 
 @dataclass(frozen=True)
@@ -109,17 +120,21 @@ class LintedTbs:
 
 
 def lint_tbs(
-    tbs_der: bytes, key_type: KeyType, allowed_findings: frozenset[lint.Allowance] = frozenset()
+    tbs_der: bytes,
+    key_type: KeyType,
+    allowed_findings: frozenset[lint.Allowance] = frozenset(),
+    pss: bool = False,
 ) -> LintedTbs:
     """Sign `tbs_der` with a throwaway key of the issuer's type and lint the result.
 
     Pure and picklable, so bulk signing can lint in worker processes while the one process
     that holds the token session signs.
     """
-    rehearsal = _lint_signer(key_type)
+    rehearsal = _lint_signer(key_type, pss)
     tbs = x509.TbsCertificate.load(tbs_der)
     tolerated = lint.check_certificate(
-        x509build.certificate(tbs, key_type, rehearsal.sign(tbs_der)).dump(), allowed_findings
+        x509build.certificate(tbs, key_type, rehearsal.sign(tbs_der), pss).dump(),
+        allowed_findings,
     )
     return LintedTbs(tbs_der, tuple(tolerated))
 
@@ -137,13 +152,16 @@ def sign_certificate(
     The token only ever signs bytes identical to those the linter passed.
     """
     tbs_der = tbs.dump()
+    pss = getattr(signer, "pss", False)
     if linted is None:
-        linted = lint_tbs(tbs_der, signer.key_type, allowed_findings)
+        linted = lint_tbs(tbs_der, signer.key_type, allowed_findings, pss)
     if linted.tbs_der != tbs_der:
         raise IntegrityError("the certificate to sign differs from the linted one; nothing signed")
     signature = signer.sign(tbs_der)
-    verify_signature(issuer_public_key, signer.key_type, tbs_der, signature)
-    signed = x509build.certificate(x509.TbsCertificate.load(tbs_der), signer.key_type, signature)
+    verify_signature(issuer_public_key, signer.key_type, tbs_der, signature, pss)
+    signed = x509build.certificate(
+        x509.TbsCertificate.load(tbs_der), signer.key_type, signature, pss
+    )
     if signed["tbs_certificate"].dump() != tbs_der:
         raise IntegrityError("the signed certificate differs from the linted one; nothing written")
     return signed, list(linted.tolerated)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import pkcs11
 from asn1crypto import algos, core, keys
-from pkcs11 import Attribute, Mechanism, ObjectClass
+from pkcs11 import MGF, Attribute, Mechanism, ObjectClass
 from pkcs11 import KeyType as P11KeyType
 from pkcs11 import exceptions as p11
 from pkcs11.util.ec import (
@@ -365,13 +365,22 @@ class TokenSigner:
     ECDSA's raw r||s is returned DER-encoded, as X.509 wants it.
     """
 
-    def __init__(self, session, private_key, key_type: KeyType, pin_source: PinSource):
+    def __init__(
+        self,
+        session,
+        private_key,
+        key_type: KeyType,
+        pin_source: PinSource,
+        pss: bool = False,
+    ):
         self._session = session
         self._key = private_key
         self._key_type = key_type
         self._info = _token_info(session.token)
         self._what = str(self._info)
         self._pin_source = pin_source
+        self.pss = pss
+        """RSA-PSS (RFC 4055, salt as long as the hash) instead of PKCS#1 v1.5."""
         algorithm = key_type.algorithm
         with translate_errors(self._what):
             offered = session.token.slot.get_mechanisms()
@@ -387,8 +396,16 @@ class TokenSigner:
                 "has a PIN pad; python-pkcs11 cannot log in that way. Use a key without "
                 "CKA_ALWAYS_AUTHENTICATE or a reader without PIN pad"
             )
-        hashed = Mechanism[algorithm.hashed_mechanism]
-        raw = Mechanism[algorithm.raw_mechanism]
+        if pss and not algorithm.pss_hashed_mechanism:
+            raise TokenError(f"RSA-PSS needs an RSA key; this CA key is {key_type.value}")
+        self._hashed_name = algorithm.pss_hashed_mechanism if pss else algorithm.hashed_mechanism
+        hashed = Mechanism[self._hashed_name]
+        raw = Mechanism[algorithm.pss_raw_mechanism if pss else algorithm.raw_mechanism]
+        self._parameters = None
+        if pss:
+            hash_mechanism = Mechanism[algorithm.hash_name.upper()]
+            salt_length = hashlib.new(algorithm.hash_name).digest_size
+            self._parameters = (hash_mechanism, MGF[algorithm.hash_name.upper()], salt_length)
         if hashed in offered:
             self.mechanism = hashed
         elif raw in offered:
@@ -403,12 +420,16 @@ class TokenSigner:
     def key_type(self) -> KeyType:
         return self._key_type
 
+    def with_pss(self) -> TokenSigner:
+        """The same key on the same session, signing with RSA-PSS."""
+        return TokenSigner(self._session, self._key, self._key_type, self._pin_source, pss=True)
+
     def _message(self, data: bytes) -> bytes:
-        if self.mechanism.name == self._key_type.algorithm.hashed_mechanism:
+        if self.mechanism.name == self._hashed_name:
             return data
         hash_name = self._key_type.algorithm.hash_name
         digest = hashlib.new(hash_name, data).digest()
-        if self._key_type.is_rsa:
+        if self._key_type.is_rsa and not self.pss:
             return algos.DigestInfo(
                 {
                     "digest_algorithm": {"algorithm": hash_name, "parameters": core.Null()},
@@ -421,7 +442,9 @@ class TokenSigner:
         message = self._message(data)
         pin = self._pin_source(self._info) if self.always_authenticate else None
         with _SIGN_LOCK, translate_errors(self._what):
-            signature = self._key.sign(message, mechanism=self.mechanism, pin=pin)
+            signature = self._key.sign(
+                message, mechanism=self.mechanism, mechanism_param=self._parameters, pin=pin
+            )
         if self._key_type.is_rsa:
             return signature
         return encode_ecdsa_signature(signature)

@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Iterable
 
 import idna
-from asn1crypto import core, csr, keys, x509
+from asn1crypto import algos, core, csr, keys, x509
 from cryptography import x509 as cx509
 
 from .errors import InvalidRequest
@@ -243,8 +243,25 @@ def _extension(name: str, value, critical: bool = False) -> x509.Extension:
     return x509.Extension({"extn_id": name, "critical": critical, "extn_value": value})
 
 
-def signature_algorithm(issuer_key_type: KeyType) -> x509.SignedDigestAlgorithm:
+def signature_algorithm(issuer_key_type: KeyType, pss: bool = False) -> x509.SignedDigestAlgorithm:
     """The AlgorithmIdentifier a certificate or CRL signed by this key type carries."""
+    if pss:
+        if not issuer_key_type.is_rsa:
+            raise InvalidRequest("RSA-PSS signatures need an RSA CA key")
+        hash_name = issuer_key_type.algorithm.hash_name
+        hash_algorithm = {"algorithm": hash_name, "parameters": core.Null()}
+        return x509.SignedDigestAlgorithm(
+            {
+                "algorithm": "rsassa_pss",
+                "parameters": algos.RSASSAPSSParams(
+                    {
+                        "hash_algorithm": hash_algorithm,
+                        "mask_gen_algorithm": {"algorithm": "mgf1", "parameters": hash_algorithm},
+                        "salt_length": hashlib.new(hash_name).digest_size,
+                    }
+                ),
+            }
+        )
     name = issuer_key_type.algorithm.signature_algorithm
     # RSA PKCS#1 v1.5 algorithm identifiers carry an explicit NULL (RFC 4055 5); ECDSA ones
     # carry none (RFC 5758 3.2). asn1crypto omits the NULL unless given one.
@@ -262,6 +279,7 @@ def ca_tbs(
     path_length: int | None = None,
     issuer: x509.Certificate | None = None,
     issuer_key_type: KeyType | None = None,
+    pss: bool = False,
 ) -> x509.TbsCertificate:
     """The TBSCertificate of a CA: self-signed (a root) unless `issuer` is given."""
     basic = {"ca": True}
@@ -285,7 +303,7 @@ def ca_tbs(
         {
             "version": "v3",
             "serial_number": serial,
-            "signature": signature_algorithm(issuer_key_type or key_type),
+            "signature": signature_algorithm(issuer_key_type or key_type, pss),
             "issuer": issuer.subject if issuer else subject,
             "validity": {"not_before": _time(not_before), "not_after": _time(not_after)},
             "subject": subject,
@@ -357,13 +375,13 @@ def certification_request(
 
 
 def certificate(
-    tbs: x509.TbsCertificate, issuer_key_type: KeyType, signature: bytes
+    tbs: x509.TbsCertificate, issuer_key_type: KeyType, signature: bytes, pss: bool = False
 ) -> x509.Certificate:
     """Put a signature over `tbs.dump()` into a Certificate."""
     return x509.Certificate(
         {
             "tbs_certificate": tbs,
-            "signature_algorithm": signature_algorithm(issuer_key_type),
+            "signature_algorithm": signature_algorithm(issuer_key_type, pss),
             "signature_value": signature,
         }
     )

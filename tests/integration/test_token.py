@@ -230,8 +230,20 @@ def test_token_list_and_info_as_json(ca_factory, module):
     assert mine["serial"] == tok.serial and mine["initialized"] and not mine["pin_pad"]
     assert "login_required" in mine["flags"]
 
-    shown = CliRunner().invoke(cli, ["token", "info", "--module", module, "--token", tok.label,
-                                     "--pin-file", str(tok.pin_file), "--json"])
+    shown = CliRunner().invoke(
+        cli,
+        [
+            "token",
+            "info",
+            "--module",
+            module,
+            "--token",
+            tok.label,
+            "--pin-file",
+            str(tok.pin_file),
+            "--json",
+        ],
+    )
     assert shown.exit_code == 0, shown.output
     info = json.loads(shown.output)
     mechanisms = {m["mechanism"]: m for m in info["mechanisms"]}
@@ -244,3 +256,52 @@ def test_token_list_and_info_as_json(ca_factory, module):
     assert private["sensitive"] and private["never_extractable"] and private["local"]
     assert not private["extractable"]
     assert tok.pin not in shown.output
+
+
+@pytest.fixture(scope="module")
+def raw_pss_conf(tmp_path_factory):
+    return softhsm_conf(tmp_path_factory.mktemp("raw-pss"), RAW_MECHANISMS + ",CKM_RSA_PKCS_PSS")
+
+
+def test_rsa_pss_root_with_raw_pss_only_and_without_pss(raw_conf, raw_pss_conf, module, tmp_path):
+    """Host-hashed CKM_RSA_PKCS_PSS where that is all there is; a clear refusal with none."""
+    for conf, label, expect_ok in ((raw_pss_conf, "pss-raw", True), (raw_conf, "no-pss", False)):
+        tok = init_token(label, conf)
+        env = dict(os.environ, SOFTHSM2_CONF=str(conf), HSMCA_MODULE=module, HSMCA_PIN=tok.pin)
+        result = hsmca(
+            [
+                "init",
+                f"ca-{label}",
+                "--token",
+                label,
+                "--key-type",
+                "rsa2048",
+                "--signature-scheme",
+                "pss",
+            ],
+            env,
+            tmp_path,
+        )
+        if expect_ok:
+            assert result.returncode == 0, result.stderr
+            verified = subprocess.run(
+                [
+                    "openssl",
+                    "verify",
+                    "-x509_strict",
+                    "-CAfile",
+                    f"ca-{label}/ca.pem",
+                    f"ca-{label}/ca.pem",
+                ],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+            )
+            assert verified.returncode == 0, verified.stdout + verified.stderr
+        else:
+            assert result.returncode == 1
+            assert "offers neither SHA256_RSA_PKCS_PSS nor RSA_PKCS_PSS" in result.stderr
+            assert not (tmp_path / f"ca-{label}").exists()
+            # The key made before the refusal was removed again.
+            listed = hsmca(["token", "info", "--token", label, "--json"], env, tmp_path)
+            assert '"private key"' not in listed.stdout, listed.stdout

@@ -158,3 +158,41 @@ def test_sign_ca_options_and_refusals(hierarchy, tmp_path):
     refused("sign-ca", damaged, "--ca-dir", root_dir, "--out", tmp_path / "x.pem",
             "--pin-file", root_token.pin_file, fragment="damaged")
     assert not (tmp_path / "x.pem").exists()
+
+
+def test_rsa_pss_for_ca_certificates(tmp_path, token_factory, module):
+    root_token, issuing_token = token_factory(), token_factory()
+    root_dir, sub_dir = tmp_path / "pss-root", tmp_path / "pss-issuing"
+    refused("init", tmp_path / "ec", "--module", module, "--token", root_token.label,
+            "--key-type", "p256", "--signature-scheme", "pss", "--pin-file",
+            root_token.pin_file, fragment="RSA-PSS needs an RSA CA key")
+    ok("init", root_dir, "--module", module, "--token", root_token.label, "--key-type",
+       "rsa3072", "--signature-scheme", "pss", "--subject", "CN=PSS Root",
+       "--pin-file", root_token.pin_file)
+    root = x509.load_pem_x509_certificate((root_dir / "ca.pem").read_bytes())
+    assert root.signature_algorithm_oid == x509.oid.SignatureAlgorithmOID.RSASSA_PSS
+    assert lint.certificate_findings(root.public_bytes(Encoding.DER)) == []
+    ok("init", sub_dir, "--module", module, "--token", issuing_token.label, "--subordinate",
+       "--key-type", "rsa3072", "--subject", "CN=PSS Issuing", "--pin-file",
+       issuing_token.pin_file)
+    signed = tmp_path / "pss-issuing.pem"
+    ok("sign-ca", sub_dir / "ca.csr", "--ca-dir", root_dir, "--signature-scheme", "pss",
+       "--out", signed, "--pin-file", root_token.pin_file)
+    issuing, _ = x509.load_pem_x509_certificates(signed.read_bytes())
+    assert issuing.signature_algorithm_oid == x509.oid.SignatureAlgorithmOID.RSASSA_PSS
+    assert lint.certificate_findings(issuing.public_bytes(Encoding.DER)) == []
+    ok("init", sub_dir, "--certificate", signed, "--pin-file", issuing_token.pin_file)
+    out = tmp_path / "pss-leaf.pfx"
+    ok("issue", "--ca-dir", sub_dir, "--dns", "pss.example.com", "--out", out,
+       "--pin-file", issuing_token.pin_file, HSMCA_PFX_PASSWORD=PASSWORD)
+    _, leaf, _ = pkcs12.load_key_and_certificates(out.read_bytes(), PASSWORD.encode())
+    # Leaves stay PKCS#1 v1.5, which every Windows version reads.
+    assert leaf.signature_algorithm_oid == x509.oid.SignatureAlgorithmOID.RSA_WITH_SHA256
+    (tmp_path / "leaf.pem").write_bytes(leaf.public_bytes(Encoding.PEM))
+    verified = subprocess.run(
+        ["openssl", "verify", "-x509_strict", "-purpose", "sslserver",
+         "-CAfile", root_dir / "ca.pem", "-untrusted", sub_dir / "ca.pem",
+         "-verify_hostname", "pss.example.com", tmp_path / "leaf.pem"],
+        capture_output=True, text=True,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
