@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
-import tempfile
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -54,6 +52,8 @@ def write_file(path: Path, data: bytes, mode: int = PUBLIC_MODE, force: bool = F
     except OSError as exc:
         raise HsmcaError(f"cannot create the folder {parent}: {exc.strerror}") from None
     try:
+        import tempfile  # here, not at the top: monitoring commands never write
+
         fd, temporary = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
         raise HsmcaError(f"cannot write in {parent}: {exc.strerror}") from None
@@ -127,6 +127,8 @@ def create_ca_dir(
     check_new_ca_dir(ca_dir)
     try:
         ca_dir.parent.mkdir(parents=True, exist_ok=True)
+        import tempfile
+
         staging = Path(tempfile.mkdtemp(dir=ca_dir.parent, prefix=f".{ca_dir.name}."))
     except OSError as exc:
         raise HsmcaError(f"cannot create {ca_dir}: {exc.strerror}") from None
@@ -143,6 +145,8 @@ def create_ca_dir(
         raise HsmcaError(f"cannot create {ca_dir}: {exc.strerror}") from None
     finally:
         if staging.exists():
+            import shutil
+
             shutil.rmtree(staging, ignore_errors=True)
 
 
