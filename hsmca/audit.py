@@ -83,17 +83,30 @@ class AppendedEntry:
 
 
 class AuditLog:
-    """CA_DIR/audit.jsonl opened for appending. `sync_each=False` fsyncs only on flush/close."""
+    """CA_DIR/audit.jsonl opened for appending. `sync_each=False` fsyncs only on flush/close.
 
-    def __init__(self, ca_dir: Path | str, *, sync_each: bool = True):
-        self.path = audit_path(ca_dir)
+    `path` names the log file itself instead (a ceremony transcript uses the same format).
+    """
+
+    def __init__(
+        self,
+        ca_dir: Path | str | None = None,
+        *,
+        sync_each: bool = True,
+        path: Path | str | None = None,
+    ):
+        if (ca_dir is None) == (path is None):
+            raise ValueError("AuditLog needs exactly one of a CA directory and a path")
+        self.path = audit_path(ca_dir) if path is None else Path(path)
         self.sync_each = sync_each
         self._tail: tuple[int, int, str] | None = None  # (file size, last seq, last line hash)
         self._dirty = False
-        if not Path(ca_dir).is_dir():
+        if ca_dir is not None and not Path(ca_dir).is_dir():
             raise InvalidRequest(
                 f"CA directory {ca_dir} does not exist; pass --ca-dir or set HSMCA_DIR"
             )
+        if not self.path.parent.is_dir():
+            raise InvalidRequest(f"the folder of {self.path} does not exist")
         created = not self.path.exists()
         flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
         try:
