@@ -414,6 +414,11 @@ def sign_ca(
         not_before, not_after = x509build.validity(
             days, not_after_limit=ca.certificate.not_valid_after
         )
+        notes = []
+        if not_after == ca.certificate.not_valid_after:
+            notes.append(
+                f"validity shortened to end with the root certificate on {not_after:%Y-%m-%d}"
+            )
         tbs = x509build.ca_tbs(
             parsed.subject_name,
             parsed.public_key,
@@ -444,7 +449,7 @@ def sign_ca(
                 )
             ]
         )
-    return certificate, out
+    return certificate, out, notes
 
 
 @dataclass(frozen=True)
@@ -722,8 +727,14 @@ class OpenCa:
                 self.deliver(deliveries)
         return signed
 
-    def make_crl(self, days: int, out: Path, pem_output: bool = False) -> CrlMade:
-        """Sign a CRL of every revoked certificate with the next cRLNumber and write it."""
+    def make_crl(
+        self, days: int, out: Path, pem_output: bool = False, replace: bool = True
+    ) -> CrlMade:
+        """Sign a CRL of every revoked certificate with the next cRLNumber and write it.
+
+        A CRL is republished in place (`replace`): the newer one, with the higher cRLNumber,
+        replaces the older. A ceremony asks for a file that must not exist yet instead.
+        """
         from . import crlbuild
 
         x509build.validate_days(days, "CRL validity")
@@ -762,8 +773,7 @@ class OpenCa:
         self.audit_log.flush()
         self.db.set_audit_anchor(entry.seq, entry.line_sha256)
         data = pem.armor("X509 CRL", der) if pem_output else der
-        # A CRL is republished in place: the newer one (higher cRLNumber) replaces the older.
-        store.write_file(out, data, mode=store.PUBLIC_MODE, force=True)
+        store.write_file(out, data, mode=store.PUBLIC_MODE, force=replace)
         return CrlMade(
             Path(out), crl_number, len(revoked), signed["tbs_cert_list"]["next_update"].native
         )
@@ -961,15 +971,16 @@ def make_crl(
     days: int = DEFAULT_CRL_DAYS,
     out: Path | None = None,
     pem_output: bool = False,
+    replace: bool = True,
 ) -> CrlMade:
-    """Sign and write the CA's CRL (default CA_DIR/ca.crl, DER)."""
+    """Sign and write the CA's CRL (default CA_DIR/ca.crl, DER), replacing the previous one
+    unless `replace` is False."""
     ca_dir = Path(ca_dir)
     x509build.validate_days(days, "CRL validity")
     out = Path(out) if out else ca_dir / ("ca.crl.pem" if pem_output else "ca.crl")
-    if out.is_dir():
-        raise InvalidRequest(f"{out} is a directory; give a file name for the CRL")
+    store.check_output(out, replace)
     with open_ca(ca_dir, pin_source) as ca:
-        return ca.make_crl(days, out, pem_output)
+        return ca.make_crl(days, out, pem_output, replace)
 
 
 def csr_output_path(request: ServerRequest, out_dir: Path | None) -> Path:

@@ -1435,7 +1435,7 @@ class _Runner:
         from . import api
 
         p = self.plan
-        certificate, out = api.sign_ca(
+        certificate, out, _ = api.sign_ca(
             p.paths["inputs.ca-dir"],
             p.paths["inputs.csr"],
             pin_source=self.pins,
@@ -1511,6 +1511,7 @@ class _Runner:
             days=self.ceremony.days,
             out=p.paths["outputs.crl"],
             pem_output=self.ceremony.crl_format == "pem",
+            replace=False,
         )
         self.made = made
         self.facts["crl"] = {

@@ -341,7 +341,7 @@ def sign_ca(ca_dir, csr_file, path_length, days, out, force, signature_scheme, p
     from . import api, x509build
     from .db import rfc4514, serial_hex
 
-    certificate, path = api.sign_ca(
+    certificate, path, notes = api.sign_ca(
         ca_dir,
         csr_file,
         pin_source=pin_source(pin_file),
@@ -351,6 +351,8 @@ def sign_ca(ca_dir, csr_file, path_length, days, out, force, signature_scheme, p
         force=force,
         signature_scheme=signature_scheme,
     )
+    for note in notes:
+        click.echo(f"Note: {note}", err=True)
     serial = serial_hex(certificate.serial_number)
     click.echo(
         f"Wrote {path}: {rfc4514(certificate.subject)} (serial {serial}, "

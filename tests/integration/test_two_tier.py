@@ -196,3 +196,10 @@ def test_rsa_pss_for_ca_certificates(tmp_path, token_factory, module):
         capture_output=True, text=True,
     )
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_sign_ca_says_when_the_root_shortens_the_validity(hierarchy, tmp_path):
+    root_dir, root_token, sub_dir, _ = hierarchy
+    result = ok("sign-ca", sub_dir / "ca.csr", "--ca-dir", root_dir, "--days", "9000",
+                "--out", tmp_path / "long.pem", "--pin-file", root_token.pin_file)
+    assert "Note: validity shortened to end with the root certificate" in result.output
