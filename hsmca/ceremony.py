@@ -37,7 +37,7 @@ from typing import Any
 
 from . import __version__, audit, store, x509build
 from .errors import HsmcaError, IntegrityError, InvalidRequest, TokenError
-from .models import KeyType
+from .models import SIGNATURE_SCHEMES, KeyType
 
 CEREMONY_KEY_TYPES = (KeyType.RSA3072, KeyType.RSA4096, KeyType.P256, KeyType.P384)
 """CA keys a ceremony makes or certifies; RSA 2048 is too short for a CA meant to last."""
@@ -108,6 +108,12 @@ _NEW_KEY = {
     "always-authenticate": _Setting("bool", required=False),
 }
 _CA_KEY = {"label": _Setting("key-label", required=False)}
+_SIGNATURE_SCHEME = _Setting(
+    "choice",
+    required=False,
+    choices=SIGNATURE_SCHEMES,
+    hint="pkcs1v15 (default) or pss: RSA-PSS for an RSA CA whose token offers it",
+)
 _PATH = _Setting("path", hint="a file or directory path")
 
 SCHEMAS: dict[CeremonyType, dict[str, dict[str, _Setting]]] = {
@@ -117,6 +123,7 @@ SCHEMAS: dict[CeremonyType, dict[str, dict[str, _Setting]]] = {
         "certificate": {
             "subject": _Setting("subject", hint="the root's name, e.g. 'CN=Example Root CA'"),
             "days": _Setting("days", hint="the root's validity in days, e.g. 7305"),
+            "signature-scheme": _SIGNATURE_SCHEME,
         },
         "outputs": {"ca-dir": dataclasses.replace(_PATH, hint="the new root CA directory")},
     },
@@ -139,6 +146,7 @@ SCHEMAS: dict[CeremonyType, dict[str, dict[str, _Setting]]] = {
             "days": _Setting("days", hint="the issuing CA's validity, inside the root's"),
             "path-length": _Setting("path-length", hint="usually 0: it issues no further CAs"),
             "subject": _Setting("subject", required=False),
+            "signature-scheme": _SIGNATURE_SCHEME,
         },
         "inputs": {
             "ca-dir": dataclasses.replace(_PATH, hint="the root's CA directory"),
@@ -185,6 +193,7 @@ class Ceremony:
     subject: str | None = None
     days: int | None = None
     path_length: int | None = None
+    signature_scheme: str = "pkcs1v15"
     crl_format: str = "der"
     transcript: str | None = None
     description: str | None = None
@@ -424,6 +433,10 @@ def parse_ceremony(data: Any) -> Ceremony:
                     f"{path} is missing" + (f": {setting.hint}" if setting.hint else "")
                 )
     key_type = values.get("key.type")
+    if values.get("certificate.signature-scheme") == "pss" and key_type and key_type[0] == "p":
+        raise InvalidRequest(
+            f"certificate.signature-scheme pss needs an RSA key; key.type is {key_type}"
+        )
     return Ceremony(
         type=kind,
         token_label=values["token.label"],
@@ -436,6 +449,7 @@ def parse_ceremony(data: Any) -> Ceremony:
         subject=values.get("certificate.subject"),
         days=values.get("certificate.days", values.get("crl.days")),
         path_length=values.get("certificate.path-length"),
+        signature_scheme=values.get("certificate.signature-scheme", "pkcs1v15"),
         crl_format=values.get("crl.format", "der"),
         transcript=values.get("transcript"),
         description=values.get("description"),
@@ -1334,6 +1348,7 @@ class _Runner:
             days=ceremony.days or 1,
             always_authenticate=ceremony.always_authenticate,
             subordinate=subordinate,
+            signature_scheme="pkcs1v15" if subordinate else ceremony.signature_scheme,
         )
         self.made = created
         self.key_facts = {
@@ -1442,6 +1457,7 @@ class _Runner:
             path_length=self.ceremony.path_length,
             days=self.ceremony.days,
             out=p.paths["outputs.certificate"],
+            signature_scheme=self.ceremony.signature_scheme,
         )
         self.made = certificate
         self.serial = format(certificate.serial_number, "x")

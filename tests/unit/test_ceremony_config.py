@@ -567,3 +567,21 @@ def test_verify_refuses_an_audit_log(tmp_path):
         ceremony.verify_transcript(tmp_path / audit.AUDIT_NAME)
     with pytest.raises(HsmcaError, match="does not exist"):
         ceremony.verify_transcript(tmp_path / "none.jsonl")
+
+
+def test_signature_scheme_pss_needs_an_rsa_key(tmp_path):
+    from hsmca.ceremony import load_ceremony
+
+    text = (REPO / "docs" / "ceremony" / "root.toml").read_text()
+    pss_p384 = tmp_path / "pss.toml"
+    pss_p384.write_text(text.replace('# signature-scheme = "pss"', 'signature-scheme = "pss"'))
+    with pytest.raises(InvalidRequest, match="signature-scheme pss needs an RSA key"):
+        load_ceremony(pss_p384)
+    pss_rsa = tmp_path / "pss-rsa.toml"
+    pss_rsa.write_text(pss_p384.read_text().replace('type = "p384"', 'type = "rsa3072"'))
+    ceremony, _ = load_ceremony(pss_rsa)
+    assert ceremony.signature_scheme == "pss"
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text(pss_rsa.read_text().replace('"pss"', '"pkcs1"'))
+    with pytest.raises(InvalidRequest, match=r"certificate\.signature-scheme must be one of"):
+        load_ceremony(wrong)
