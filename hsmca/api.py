@@ -35,13 +35,30 @@ from .p11uri import TokenSelector, parse_token_spec
 from .queries import expiring_certificates, list_certificates, read_database, verify_audit_log
 
 __all__ = [
+    "BatchRow",
+    "CaCreated",
+    "CrlMade",
+    "CsrSigned",
+    "OpenCa",
+    "Renewal",
+    "ServerIssued",
+    "SubordinateCompleted",
+    "batch_issue",
+    "complete_subordinate",
+    "default_pfx_path",
     "expiring_certificates",
     "init_ca",
     "issue_server",
     "list_certificates",
+    "make_crl",
     "open_ca",
+    "plan_batch",
+    "read_csrs",
     "renew",
+    "renewal_plan",
     "revoke",
+    "sign_ca",
+    "sign_csrs",
     "verify_audit_log",
 ]
 
@@ -1167,19 +1184,30 @@ def batch_issue(
 
         def top_up():
             for row, path in pending:
-                keys_ahead.append(
-                    (row, path, pool.submit(_generate_key_der, row.request.key_type.value))
-                )
+                key_type = row.request.key_type.value
+                try:
+                    future = pool.submit(_generate_key_der, key_type)
+                except concurrent.futures.process.BrokenProcessPool:
+                    future = None  # the workers could not start here: make the key below
+                keys_ahead.append((row, path, key_type, future))
                 if len(keys_ahead) >= window:
                     return
+
+        def key_der(key_type: str, future) -> bytes:
+            if future is not None:
+                with contextlib.suppress(concurrent.futures.process.BrokenProcessPool):
+                    return future.result()
+            return _generate_key_der(key_type)
 
         top_up()
         with open_ca(ca_dir, pin_source) as ca:
             while keys_ahead:
-                row, path, future = keys_ahead.pop(0)
+                row, path, key_type, future = keys_ahead.pop(0)
                 top_up()
                 try:
-                    private_key = serialization.load_der_private_key(future.result(), None)
+                    private_key = serialization.load_der_private_key(
+                        key_der(key_type, future), None
+                    )
                     issued = ca.issue_server(
                         row.request,
                         password=password,
@@ -1197,7 +1225,8 @@ def batch_issue(
                 if progress is not None:
                     progress(result)
                 if strict and result.status == "failed":
-                    for _, _, rest in keys_ahead:
-                        rest.cancel()
+                    for *_, rest in keys_ahead:
+                        if rest is not None:
+                            rest.cancel()
                     break
     return results
