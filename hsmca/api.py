@@ -755,7 +755,7 @@ class OpenCa:
         from . import crlbuild
 
         x509build.validate_days(days, "CRL validity")
-        revoked = [(e.serial, e.revoked_at, e.reason) for e in self.db.revoked_entries()]
+        revoked = list(self.db.revoked_entries())
         crl_number = self.db.next_crl_number()
         this_update = x509build.utc_now()
         tbs = crlbuild.tbs_cert_list(
@@ -1205,8 +1205,10 @@ def batch_issue(
                 row, path, key_type, future = keys_ahead.pop(0)
                 top_up()
                 try:
+                    # The key comes from our own worker through a pipe: checking an RSA key's
+                    # primes again on load would cost more than making it.
                     private_key = serialization.load_der_private_key(
-                        key_der(key_type, future), None
+                        key_der(key_type, future), None, unsafe_skip_rsa_key_validation=True
                     )
                     issued = ca.issue_server(
                         row.request,

@@ -27,7 +27,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import HsmcaError, IntegrityError, InvalidRequest
 
@@ -329,9 +329,8 @@ class CertificateRecord:
         }
 
 
-@dataclass(frozen=True)
-class RevokedEntry:
-    """One revokedCertificates entry of a CRL."""
+class RevokedEntry(NamedTuple):
+    """One revokedCertificates entry of a CRL (a tuple, as crlbuild takes it)."""
 
     serial: int
     revoked_at: dt.datetime
@@ -489,10 +488,19 @@ def _migrate_to_v3(conn: sqlite3.Connection) -> None:
     )
 
 
+def _migrate_to_v4(conn: sqlite3.Connection) -> None:
+    """A covering index for CRLs: the revoked entries are read without touching the rows."""
+    conn.execute(
+        "CREATE INDEX certificates_revoked "
+        "ON certificates (status, serial, revoked_at, revocation_reason)"
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrate_to_v1,
     _migrate_to_v2,
     _migrate_to_v3,
+    _migrate_to_v4,
 ]
 """MIGRATIONS[i] upgrades a database at user_version i to i + 1. Append; never edit a step."""
 
@@ -956,9 +964,10 @@ class CaDatabase:
     def revoked_entries(self) -> Iterator[RevokedEntry]:
         """Every revoked certificate, oldest revocation first, streamed (for CRLs)."""
         with self._sql_errors():
+            # No ORDER BY: a CRL lists its entries by serial, and crlbuild sorts them so.
             cursor = self._conn.execute(
                 "SELECT serial, revoked_at, revocation_reason FROM certificates "
-                "WHERE status = 'revoked' ORDER BY revoked_at, id"
+                "WHERE status = 'revoked'"
             )
         parse = dt.datetime.fromisoformat
         for serial, revoked_at, reason in cursor:
