@@ -184,7 +184,7 @@ def init_ca(
 
             def record_root(staging: Path) -> None:
                 _record_ca_certificate(
-                    staging, certificate, key_type, days, "init", info.serial, key_facts
+                    staging, certificate, key_type, days, "init", info.serial, key_facts, ca_dir
                 )
 
             store.create_ca_dir(
@@ -235,15 +235,22 @@ def _record_ca_certificate(
     operation: str,
     token_serial: str,
     extra: dict,
+    final_dir: Path | None = None,
 ) -> None:
-    """The CA's own certificate as the first row of its database, and its audit line."""
+    """The CA's own certificate as the first row of its database, and its audit line.
+
+    `final_dir` is where `ca_dir` (a staging directory) will be renamed to.
+    """
     with db.open_database(ca_dir) as database, database.transaction():
+        recorded = database.get(certificate.serial_number)
+        if recorded is not None and recorded.der == certificate.dump():
+            return  # an interrupted completion recorded and audited it already
         database.record_issued(
             certificate.dump(),
             "ca",
             key_type,
             days,
-            ca_dir / store.CA_CERT_PEM_NAME,
+            (final_dir or ca_dir).absolute() / store.CA_CERT_PEM_NAME,
             output_state="written",
         )
         with audit.AuditLog(ca_dir) as log:
@@ -376,10 +383,15 @@ def complete_subordinate(
             _store_on_token(session, certificate, config.key_label, config.key_id)
         thumbprint = x509build.sha1_thumbprint(der)
         root = above[-1]
-        store.write_file(ca_dir / store.CA_CERT_PEM_NAME, _pem(der))
-        store.write_file(ca_dir / store.CHAIN_PEM_NAME, b"".join(_pem(c.dump()) for c in above))
-        store.write_file(ca_dir / store.CA_CERT_DER_NAME, root.dump())
-        store.write_file(ca_dir / store.THUMBPRINT_NAME, f"{thumbprint}\n".encode())
+        # A pending directory's certificate files can only be left by an interrupted
+        # completion of this same CA: replacing them lets it run again.
+        for name, data in (
+            (store.CA_CERT_PEM_NAME, _pem(der)),
+            (store.CHAIN_PEM_NAME, b"".join(_pem(c.dump()) for c in above)),
+            (store.CA_CERT_DER_NAME, root.dump()),
+            (store.THUMBPRINT_NAME, f"{thumbprint}\n".encode()),
+        ):
+            store.write_file(ca_dir / name, data, force=True)
         days = (certificate.not_valid_after - certificate.not_valid_before).days
         _record_ca_certificate(
             ca_dir,
@@ -424,7 +436,11 @@ def sign_ca(
     except OSError as exc:
         raise InvalidRequest(f"cannot read the CSR {csr_path}: {exc.strerror}") from None
     parsed = csr.parse_csr(data, str(csr_path), for_ca=True)
-    out = Path(out) if out else Path.cwd() / f"{Path(csr_path).stem}-certificate.pem"
+    # issuing/ca.csr -> issuing-certificate.pem: the directory names the CA better than "ca".
+    stem = Path(csr_path).stem
+    if stem == "ca" and Path(csr_path).absolute().parent.name:
+        stem = Path(csr_path).absolute().parent.name
+    out = Path(out) if out else Path.cwd() / f"{stem}-certificate.pem"
     store.check_output(out, force)
     with open_ca(root_dir, pin_source) as ca:
         pss = _wants_pss(signature_scheme, ca.config.key_type)
@@ -904,6 +920,11 @@ def renewal_request(ca_dir: Path, serial_or_name: str):
         record = database.find(serial_or_name)
     if record.profile == "ca":
         raise InvalidRequest("that is the CA certificate itself; renew the CA with a new init")
+    if record.profile == "subca":
+        raise InvalidRequest(
+            f"certificate {record.serial} is a subordinate CA's; renew it with "
+            "'hsmca sign-ca' on a new request from that CA"
+        )
     if record.profile != "server":
         raise InvalidRequest(
             f"certificate {record.serial} was signed from a CSR, so hsmca has no key for it; "

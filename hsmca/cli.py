@@ -172,6 +172,16 @@ def legacy_option(function):
     )(function)
 
 
+def _module(module: str | None, selector) -> str:
+    """--module, else the URI's module-path, else $HSMCA_MODULE: the most specific wins."""
+    from click.core import ParameterSource
+
+    given = click.get_current_context().get_parameter_source("module")
+    if selector.module_path and given != ParameterSource.COMMANDLINE:
+        return selector.module_path
+    return module or ""
+
+
 def _key_type(value: str):
     from .models import KeyType
 
@@ -284,7 +294,7 @@ def init(
     selector = parse_token_spec(token_spec)
     created = api.init_ca(
         ca_dir,
-        module=module or "",
+        module=_module(module, selector),
         token_spec=token_spec,
         pin_source=pin_source(pin_file or selector.pin_file()),
         key_label=key_label,
@@ -754,8 +764,7 @@ def token_info(module, token_spec, pin_file, as_json) -> None:
     from .p11uri import parse_token_spec
 
     selector = parse_token_spec(token_spec)
-    module = module or selector.module_path or ""
-    device = token.find_token(module, selector)
+    device = token.find_token(_module(module, selector), selector)
     mechanisms = token.describe_mechanisms(device)
     with token.open_session(device, pin_source(pin_file or selector.pin_file())) as session:
         objects = token.describe_objects(session)

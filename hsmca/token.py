@@ -339,8 +339,13 @@ def find_private_key(session, key_id: bytes, label: str):
 def store_certificate(
     session, der: bytes, label: str, key_id: bytes, subject: bytes, issuer: bytes, serial: bytes
 ) -> None:
-    """Store certificate bytes on the token beside the key with the same CKA_ID."""
+    """Store certificate bytes on the token beside the key with the same CKA_ID (once)."""
     with translate_errors(str(_token_info(session.token))):
+        stored = session.get_objects(
+            {Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.ID: key_id}
+        )
+        if any(obj[Attribute.VALUE] == der for obj in stored):
+            return  # an interrupted completion stored it already
         session.create_object(
             {
                 Attribute.CLASS: ObjectClass.CERTIFICATE,

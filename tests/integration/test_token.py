@@ -305,3 +305,14 @@ def test_rsa_pss_root_with_raw_pss_only_and_without_pss(raw_conf, raw_pss_conf, 
             # The key made before the refusal was removed again.
             listed = hsmca(["token", "info", "--token", label, "--json"], env, tmp_path)
             assert '"private key"' not in listed.stdout, listed.stdout
+
+
+def test_a_uri_module_path_wins_over_the_environment(token_factory, module, tmp_path):
+    tok = token_factory()
+    result = CliRunner().invoke(
+        cli,
+        ["init", str(tmp_path / "ca"), "--key-type", "p256", "--pin-file", str(tok.pin_file),
+         "--token", f"pkcs11:token={tok.label}?module-path={module}"],
+        env={"HSMCA_MODULE": "/nonexistent/from-the-environment.so"},
+    )
+    assert result.exit_code == 0, result.output

@@ -203,3 +203,26 @@ def test_sign_ca_says_when_the_root_shortens_the_validity(hierarchy, tmp_path):
     result = ok("sign-ca", sub_dir / "ca.csr", "--ca-dir", root_dir, "--days", "9000",
                 "--out", tmp_path / "long.pem", "--pin-file", root_token.pin_file)
     assert "Note: validity shortened to end with the root certificate" in result.output
+
+
+def test_an_interrupted_completion_can_run_again(hierarchy, tmp_path, module):
+    import pkcs11
+
+    root_dir, root_token, sub_dir, issuing_token = hierarchy
+    signed = tmp_path / "again.pem"
+    ok("sign-ca", sub_dir / "ca.csr", "--ca-dir", root_dir, "--out", signed,
+       "--pin-file", root_token.pin_file)
+    ok("init", sub_dir, "--certificate", signed, "--pin-file", issuing_token.pin_file)
+    # As if interrupted before the state flipped: files and token object are there already.
+    config = sub_dir / "hsmca.toml"
+    config.write_text(config.read_text().replace('state = "active"', 'state = "pending"'))
+    ok("init", sub_dir, "--certificate", signed, "--pin-file", issuing_token.pin_file)
+    device = pkcs11.lib(module).get_token(token_label=issuing_token.label)
+    with device.open(user_pin=issuing_token.pin) as session:
+        stored = list(session.get_objects({pkcs11.Attribute.CLASS: pkcs11.ObjectClass.CERTIFICATE}))
+    assert len(stored) == 1
+    import json
+
+    rows = json.loads(run("list", "--ca-dir", root_dir, "--status", "all", "--json").output)
+    (own,) = [row for row in rows if row["profile"] == "ca"]
+    assert own["output_path"] == str(root_dir.absolute() / "ca.pem")
