@@ -526,7 +526,8 @@ class Delivery:
     key_type: KeyType
     days: int
     out: Path
-    data: bytes
+    data: bytes | None
+    """The output file's bytes; None while a PFX is still being packed (see OpenCa.record)."""
     mode: int
     force: bool = False
     operation: str = "issue"
@@ -601,10 +602,17 @@ class OpenCa:
     def deliver(self, deliveries: list[Delivery]) -> list:
         """Record and audit signed certificates, then write their output files.
 
-        The audit lines are on disk and the rows committed (output 'pending') before any file
-        is renamed into place; each row says 'written' after, or 'failed' if its file could not
-        be written, so a rerun knows what happened. Earlier unfinished rows for the same file
-        are superseded. Many deliveries at once share one fsync and two transactions.
+        Many deliveries at once share one fsync and two transactions.
+        """
+        records = self.record(deliveries)
+        self.write(list(zip(records, deliveries, strict=True)))
+        return records
+
+    def record(self, deliveries: list[Delivery]) -> list:
+        """Audit and record signed certificates (output 'pending'), before any file exists.
+
+        A delivery's data may still be None (a PFX being packed elsewhere); its digest is then
+        recorded by `write`, still before its file is renamed into place.
         """
         items = [(delivery, Path(delivery.out).absolute()) for delivery in deliveries]
         entries = [
@@ -626,22 +634,38 @@ class OpenCa:
                     delivery.key_type,
                     delivery.days,
                     out,
-                    output_sha256=hashlib.sha256(delivery.data).hexdigest(),
+                    output_sha256=(
+                        hashlib.sha256(delivery.data).hexdigest() if delivery.data else None
+                    ),
                 )
                 for delivery, out in items
             ]
             self.db.set_audit_anchor(entries[-1].seq, entries[-1].line_sha256)
+        return records
+
+    def write(self, items: list) -> None:
+        """Write the output file of each recorded (record, delivery) and mark it written.
+
+        Each row says 'written' after, or 'failed' if its file could not be written, so a
+        rerun knows what happened. Earlier unfinished rows for the same file are superseded.
+        """
+        with self.db.transaction():
+            for record, delivery in items:
+                if self.db.output_digest(record.serial) is None:
+                    self.db.set_output_digest(
+                        record.serial, hashlib.sha256(delivery.data).hexdigest()
+                    )
         written = []
         try:
-            for (delivery, out), record in zip(items, records, strict=True):
+            for record, delivery in items:
+                out = Path(delivery.out).absolute()
                 store.write_file(out, delivery.data, mode=delivery.mode, force=delivery.force)
                 written.append((record, out))
         except BaseException:
-            self.db.mark_output(records[len(written)].serial, "failed")
+            self.db.mark_output(items[len(written)][0].serial, "failed")
             raise
         finally:
             self._mark_written(written)
-        return records
 
     def _mark_written(self, written) -> None:
         """Mark rows written; a file's earlier certificates (unfinished, or replaced with
@@ -664,7 +688,6 @@ class OpenCa:
         legacy: bool = False,
         force: bool = False,
         operation: str = "issue",
-        private_key=None,
     ) -> ServerIssued:
         """A new host-side key, a token-signed certificate, and an encrypted PFX at `out`."""
         if request.key_type not in SERVER_KEY_TYPES:
@@ -672,8 +695,7 @@ class OpenCa:
             raise InvalidRequest(
                 f"hsmca does not make {request.key_type.value} server keys; use {allowed}"
             )
-        if private_key is None:
-            private_key = signing.generate_private_key(request.key_type)
+        private_key = signing.generate_private_key(request.key_type)
         certificate, notes = self.sign_server(request, pfx.public_key_info(private_key))
         der = certificate.dump()
         data = pfx.pkcs12_bytes(private_key, der, self.chain_der, password, legacy=legacy)
@@ -1106,6 +1128,22 @@ def _generate_key_der(key_type_value: str) -> bytes:
     )
 
 
+def _load_own_key(key_der: bytes):
+    from cryptography.hazmat.primitives import serialization
+
+    # The key comes from our own worker through a pipe: checking an RSA key's primes again on
+    # load would cost more than making it.
+    return serialization.load_der_private_key(key_der, None, unsafe_skip_rsa_key_validation=True)
+
+
+def _pack_pfx(
+    key_der: bytes, certificate_der: bytes, chain_der: list[bytes], password: str, legacy: bool
+) -> bytes:
+    """Worker process: the encrypted PFX (PBKDF2 is the costly part, so it runs beside the
+    process that holds the token session)."""
+    return pfx.pkcs12_bytes(_load_own_key(key_der), certificate_der, chain_der, password, legacy)
+
+
 def _finish_interrupted(database, record, path: Path) -> bool:
     """A run killed after renaming a file into place but before marking its row written:
     if the file holds exactly the bytes recorded for it, the row is marked written now."""
@@ -1183,13 +1221,13 @@ def batch_issue(
 ) -> list[BatchRow]:
     """Issue a PFX for each (row, path) in `todo` with one login.
 
-    Server keys are generated in worker processes (both cores) while this process, the only
-    one that talks to the token, signs one certificate at a time.
+    Worker processes (both cores) make the server keys and pack the PFX files, while this
+    process, the only one that talks to the token, lints, signs and records each certificate
+    as soon as it is signed; its file follows when the worker has packed it.
     """
+    import collections
     import multiprocessing
     import os
-
-    from cryptography.hazmat.primitives import serialization
 
     results: list[BatchRow] = []
     if not todo:
@@ -1199,57 +1237,96 @@ def batch_issue(
     # spawn: a forked child would inherit the logged-in PKCS#11 library state.
     context = multiprocessing.get_context("spawn")
     window = 2 * workers + 2
+
+    def report(result: BatchRow) -> None:
+        results.append(result)
+        if progress is not None:
+            progress(result)
+
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-        keys_ahead: list = []
-        pending = iter(todo)
 
-        def top_up():
-            for row, path in pending:
-                key_type = row.request.key_type.value
-                try:
-                    future = pool.submit(_generate_key_der, key_type)
-                except concurrent.futures.process.BrokenProcessPool:
-                    future = None  # the workers could not start here: make the key below
-                keys_ahead.append((row, path, key_type, future))
-                if len(keys_ahead) >= window:
-                    return
+        def submit(function, *args):
+            try:
+                return pool.submit(function, *args)
+            except concurrent.futures.process.BrokenProcessPool:
+                return None  # the workers could not start here: do it in this process
 
-        def key_der(key_type: str, future) -> bytes:
+        def outcome(future, function, *args):
             if future is not None:
                 with contextlib.suppress(concurrent.futures.process.BrokenProcessPool):
                     return future.result()
-            return _generate_key_der(key_type)
+            return function(*args)
+
+        keys_ahead: collections.deque = collections.deque()
+        packing: collections.deque = collections.deque()
+        pending = iter(todo)
+
+        def top_up() -> None:
+            for row, path in pending:
+                key_type = row.request.key_type.value
+                keys_ahead.append((row, path, key_type, submit(_generate_key_der, key_type)))
+                if len(keys_ahead) >= window:
+                    return
+
+        def finish(ca: OpenCa) -> None:
+            row, path, record, delivery, notes, pack_args, future = packing.popleft()
+            try:
+                data = outcome(future, _pack_pfx, *pack_args)
+                ca.write([(record, dataclasses.replace(delivery, data=data))])
+            except HsmcaError as exc:
+                report(BatchRow(row.line, "failed", str(exc), path))
+                return
+            report(
+                BatchRow(
+                    row.line,
+                    "issued",
+                    path.name,
+                    path,
+                    delivery.certificate.serial_number,
+                    tuple(notes),
+                )
+            )
 
         top_up()
         with open_ca(ca_dir, pin_source) as ca:
-            while keys_ahead:
-                row, path, key_type, future = keys_ahead.pop(0)
+            stop = False
+            while keys_ahead and not stop:
+                row, path, key_type, future = keys_ahead.popleft()
                 top_up()
                 try:
-                    # The key comes from our own worker through a pipe: checking an RSA key's
-                    # primes again on load would cost more than making it.
-                    private_key = serialization.load_der_private_key(
-                        key_der(key_type, future), None, unsafe_skip_rsa_key_validation=True
+                    key_der = outcome(future, _generate_key_der, key_type)
+                    public_key = pfx.public_key_info(_load_own_key(key_der))
+                    certificate, notes = ca.sign_server(row.request, public_key)
+                    delivery = Delivery(
+                        certificate,
+                        "server",
+                        row.request.key_type,
+                        row.request.days,
+                        path,
+                        None,
+                        store.SECRET_MODE,
+                        False,
+                        "batch",
                     )
-                    issued = ca.issue_server(
-                        row.request,
-                        password=password,
-                        out=path,
-                        legacy=legacy,
-                        operation="batch",
-                        private_key=private_key,
-                    )
-                    result = BatchRow(
-                        row.line, "issued", path.name, path, issued.serial, tuple(issued.notes)
-                    )
+                    (record,) = ca.record([delivery])
                 except HsmcaError as exc:
-                    result = BatchRow(row.line, "failed", str(exc), path)
-                results.append(result)
-                if progress is not None:
-                    progress(result)
-                if strict and result.status == "failed":
-                    for *_, rest in keys_ahead:
-                        if rest is not None:
-                            rest.cancel()
-                    break
+                    report(BatchRow(row.line, "failed", str(exc), path))
+                    stop = strict
+                    continue
+                pack_args = (key_der, certificate.dump(), ca.chain_der, password, legacy)
+                packing.append(
+                    (row, path, record, delivery, notes, pack_args, submit(_pack_pfx, *pack_args))
+                )
+                while packing and (
+                    packing[0][-1] is None or packing[0][-1].done() or len(packing) > window
+                ):
+                    finish(ca)
+                    if strict and results and results[-1].status == "failed":
+                        stop = True
+                        break
+            while packing:
+                finish(ca)
+            for *_, rest in keys_ahead:
+                if rest is not None:
+                    rest.cancel()
     return results

@@ -867,6 +867,14 @@ class CaDatabase:
         )
         return _record(rows[0]) if rows else None
 
+    def set_output_digest(self, serial: str | int, sha256: str) -> None:
+        """Record the SHA-256 of an output file's bytes once they are known (before writing)."""
+        with self._sql_errors(), self.transaction():
+            self._conn.execute(
+                "INSERT OR REPLACE INTO output_digests (serial, sha256) VALUES (?, ?)",
+                (self._serial_argument(serial), sha256),
+            )
+
     def output_digest(self, serial: str | int) -> str | None:
         """The SHA-256 of the bytes that were to be written for `serial`'s output file."""
         rows = self._query(
