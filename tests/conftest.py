@@ -160,5 +160,23 @@ def ca_factory(tmp_path_factory, module, token_factory):
     return make
 
 
+def assert_error(result, *fragments: str) -> None:
+    """A CLI result that failed as users are promised: exit 1, one `Error:` line, no traceback."""
+    output = result.output
+    assert result.exit_code == 1, output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), output
+    assert "Traceback" not in output
+    for fragment in fragments:
+        assert fragment in output, output
+
+
+def tree(path: Path) -> dict[str, bytes]:
+    """Every file below `path` with its bytes: to show that a refused command changed nothing."""
+    if not path.exists():
+        return {}
+    return {str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_TOKEN_ROOT, ignore_errors=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pkcs11
 import pytest
 from click.testing import CliRunner
+from conftest import assert_error, tree
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import pkcs12
@@ -31,22 +32,6 @@ def run(args, env=None, cwd=None):
         return runner.invoke(cli, args, env=env or {}, catch_exceptions=False)
     finally:
         os.chdir(old)
-
-
-def assert_error(result, *fragments):
-    output = result.output
-    assert result.exit_code == 1, output
-    lines = [line for line in output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), output
-    assert "Traceback" not in output
-    for fragment in fragments:
-        assert fragment in output, output
-
-
-def tree(path: Path) -> dict[str, bytes]:
-    if not path.exists():
-        return {}
-    return {str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()}
 
 
 @pytest.fixture()

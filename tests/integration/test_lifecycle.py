@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from asn1crypto import crl as asn1_crl
 from click.testing import CliRunner
+from conftest import assert_error, tree
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -57,22 +58,6 @@ def ok(args, env=None, cwd=None):
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
     return result
-
-
-def assert_error(result, *fragments):
-    output = result.output
-    assert result.exit_code == 1, output
-    lines = [line for line in output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), output
-    assert "Traceback" not in output
-    for fragment in fragments:
-        assert fragment in output, output
-
-
-def tree(path: Path) -> dict[str, bytes]:
-    if not path.exists():
-        return {}
-    return {str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()}
 
 
 def hexserial(certificate: x509.Certificate) -> str:
