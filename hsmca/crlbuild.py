@@ -4,7 +4,9 @@ Everything except the list of revoked certificates is an ordinary asn1crypto str
 itself is hand-encoded: each entry is a SEQUENCE of an INTEGER, a time and (unless the reason is
 "unspecified") one reasonCode extension, whose five possible encodings are computed once. The
 concatenated SEQUENCE OF is handed to asn1crypto pre-encoded (`RevokedCertificates.load`), which
-keeps the bytes and parses them only if someone looks inside, so `tbs.dump()` stays cheap.
+keeps the bytes and parses them only if someone looks inside, so `tbs.dump()` stays cheap. The
+CA database keeps every revoked certificate's entry as encode_entry made it when it was revoked,
+so a CA's CRL is a concatenation of stored bytes (tbs_cert_list_of_entries).
 
 The tests build the same CRLs the plain asn1crypto way and compare the DER byte for byte.
 """
@@ -13,14 +15,16 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import Iterable
+import itertools
+import operator
+from collections.abc import Iterable, Sequence
 from operator import itemgetter
 from typing import NamedTuple
 
 from asn1crypto import crl, x509
 
 from . import x509build
-from .errors import InvalidRequest
+from .errors import IntegrityError, InvalidRequest
 from .models import KeyType
 
 DEFAULT_CRL_DAYS = 30
@@ -95,7 +99,6 @@ _ENTRY_EXTENSIONS: dict[str, bytes] = {
 _UTC = dt.UTC
 _UTC_TIME_FROM = dt.datetime(1950, 1, 1, tzinfo=_UTC)
 _GENERALIZED_FROM = dt.datetime(2050, 1, 1, tzinfo=_UTC)
-_TWO_DIGITS = [b"%02d" % number for number in range(60)]
 
 
 def der_length(length: int) -> bytes:
@@ -106,57 +109,84 @@ def der_length(length: int) -> bytes:
     return bytes((0x80 | len(octets),)) + octets
 
 
+def encode_entry(serial: int, revoked_at: dt.datetime, reason: RevocationReason | str) -> bytes:
+    """The DER of one revokedCertificates entry: serial, revocation date, reasonCode.
+
+    Raises InvalidRequest for a serial that is not a positive 20-octet integer, an unknown
+    reason or a revocation time without a time zone. The CA database keeps each revoked
+    certificate's entry as this makes it, so a CRL of 100,000 entries is a concatenation.
+    """
+    if isinstance(serial, bool) or not isinstance(serial, int) or not 0 < serial <= MAX_SERIAL:
+        _refuse_serial(serial, None)
+    serial_octets = serial.to_bytes((serial.bit_length() + 8) >> 3, "big")
+    if revoked_at.tzinfo is not _UTC:
+        revoked_at = _as_utc(revoked_at)
+    extensions = _ENTRY_EXTENSIONS.get(reason)
+    if extensions is None:
+        extensions = _ENTRY_EXTENSIONS[RevocationReason.parse(reason)]
+    prefix = _date_prefix(revoked_at)
+    # Every entry is shorter than 128 octets (at most 2+20 + 17 + 14), so lengths are 1 octet;
+    # the time is the date prefix (tag, length, date) and HHMMSSZ.
+    return b"\x30%c\x02%c%b%b%02d%02d%02dZ%b" % (
+        len(serial_octets) + len(prefix) + len(extensions) + 9,
+        len(serial_octets),
+        serial_octets,
+        prefix,
+        revoked_at.hour,
+        revoked_at.minute,
+        revoked_at.second,
+        extensions,
+    )
+
+
 def encode_revoked(revoked: Iterable[tuple[int, dt.datetime, RevocationReason | str]]) -> bytes:
     """The DER of revokedCertificates (a SEQUENCE OF entries sorted by serial), or b"" if none.
 
-    Raises InvalidRequest for a serial that is not a positive 20-octet integer, a serial listed
-    twice, an unknown reason or a revocation time without a time zone.
+    Raises InvalidRequest as encode_entry does, and for a serial listed twice.
     """
+    return revoked_sequence(encode_entries(revoked))
+
+
+def encode_entries(
+    revoked: Iterable[tuple[int, dt.datetime, RevocationReason | str]],
+) -> list[bytes]:
+    """encode_entry() of each (serial, revoked_at, reason), in serial order; a serial listed
+    twice is refused."""
     entries = sorted(revoked, key=itemgetter(0))
-    if not entries:
-        return b""
-    extensions_for = _ENTRY_EXTENSIONS
-    two_digits = _TWO_DIGITS
-    utc = _UTC
-    date_prefixes: dict[int, bytes] = {}
-    parts = []
-    append = parts.append
-    previous = 0
-    for serial, revoked_at, reason in entries:
-        # Sorted, so "not greater than the previous one" catches both duplicates and serial <= 0.
-        if not previous < serial <= MAX_SERIAL:
+    previous = None
+    for serial, _, _ in entries:
+        if serial == previous:
             _refuse_serial(serial, previous)
         previous = serial
-        serial_octets = serial.to_bytes((serial.bit_length() + 8) >> 3, "big")
-        if revoked_at.tzinfo is not utc:
-            revoked_at = _as_utc(revoked_at)
-        day = revoked_at.toordinal()
-        prefix = date_prefixes.get(day)
-        if prefix is None:
-            prefix = date_prefixes[day] = _date_prefix(revoked_at)
-        extensions = extensions_for.get(reason)
-        if extensions is None:
-            extensions = extensions_for[RevocationReason.parse(reason)]
-        # Every entry is shorter than 128 octets (at most 2+20 + 17 + 14), so lengths are 1 octet;
-        # the time is the date prefix (tag, length, date) and HHMMSSZ.
-        append(
-            b"\x30%c\x02%c%b%b%b%b%bZ%b"
-            % (
-                len(serial_octets) + len(prefix) + len(extensions) + 9,
-                len(serial_octets),
-                serial_octets,
-                prefix,
-                two_digits[revoked_at.hour],
-                two_digits[revoked_at.minute],
-                two_digits[revoked_at.second],
-                extensions,
-            )
+    return [encode_entry(*entry) for entry in entries]
+
+
+def revoked_sequence(entries: Sequence[bytes]) -> bytes:
+    """The DER of revokedCertificates made of encode_entry() results already in serial order,
+    or b"" if there are none.
+
+    Raises IntegrityError for a byte string that is not one DER SEQUENCE with a one-octet
+    length, as every entry is (a damaged database must not reach the token's signature).
+    """
+    if not entries:
+        return b""
+    # 100,000 entries: every pass below runs in C (map, bytes, list equality).
+    lengths = list(map(len, entries))
+    if (
+        min(lengths) < 2
+        or bytes(map(itemgetter(0), entries)).lstrip(b"\x30")
+        or max(map(itemgetter(1), entries)) >= 0x80
+        or lengths != list(map(operator.add, map(itemgetter(1), entries), itertools.repeat(2)))
+    ):
+        raise IntegrityError(
+            "a stored CRL entry is not a DER SEQUENCE; the CA database is damaged, restore it "
+            "from a backup"
         )
-    body = b"".join(parts)
+    body = b"".join(entries)
     return b"\x30" + der_length(len(body)) + body
 
 
-def _refuse_serial(serial, previous: int):
+def _refuse_serial(serial, previous: int | None):
     if isinstance(serial, int) and 0 < serial <= MAX_SERIAL and serial == previous:
         raise InvalidRequest(f"serial {serial:x} is listed twice in the CRL")
     raise InvalidRequest(
@@ -179,46 +209,37 @@ def _date_prefix(value: dt.datetime) -> bytes:
     return b"\x17\x0d%02d%02d%02d" % (value.year % 100, value.month, value.day)
 
 
-def lint_sample(
-    revoked: Iterable[tuple[int, dt.datetime, RevocationReason | str]], limit: int = 256
-) -> list:
+def entry_shape(entry: bytes) -> tuple[int, int, int]:
+    """What pkilint can tell apart in encode_entry() results, as (length, serial length, last
+    octet): with the serial's length fixed, the entry's length tells the time type (13 or 15
+    octets) and whether a reasonCode follows (14 octets), and the last octet is the reason's
+    ENUMERATED value, or the time's "Z" when there is none."""
+    return len(entry), entry[3], entry[-1]
+
+
+def lint_sample(entries: Sequence[bytes], limit: int = 256) -> list[bytes]:
     """The entries to lint when a CRL is too big to lint whole (pkilint takes about 0.5 ms per
-    entry; 100,000 entries would take about a minute): all of them up to `limit`, else the
-    smallest and largest serial, the earliest and latest revocation time, the first entry of each
-    reason, and evenly spaced others: `limit` in all (or those up to nine extremes if `limit` is
-    smaller). Every entry is made by the same encoder, so these cover each serial length, time
-    type and reason encoding the full list uses. Call it after tbs_cert_list() has accepted the
-    full list (that is where bad entries are refused)."""
-    entries = list(revoked)
+    entry; 100,000 entries would take about a minute).
+
+    `entries` are encode_entry() results in serial order; the sample is all of them up to
+    `limit`, else the first and last, the first of each shape (entry_shape), and evenly spaced
+    others, `limit` in all (more if there are more shapes), still in serial order. Every entry
+    is made by the one encoder, so these cover each serial length, time type and reason
+    encoding the full list uses.
+    """
     if len(entries) <= limit:
-        return entries
-    serial, when = itemgetter(0), itemgetter(1)
-    chosen: dict[int, tuple] = {}
-    for entry in (
-        min(entries, key=serial),
-        max(entries, key=serial),
-        min(entries, key=when),
-        max(entries, key=when),
-        *{str(entry[2]): entry for entry in reversed(entries)}.values(),
-    ):
-        chosen[entry[0]] = entry
-    step = max(len(entries) // limit, 1)
-    for offset in range(step):
-        for entry in entries[offset::step]:
-            if len(chosen) >= limit:
-                return list(chosen.values())
-            chosen.setdefault(entry[0], entry)
-    return list(chosen.values())
-
-
-def revoked_certificates(
-    revoked: Iterable[tuple[int, dt.datetime, RevocationReason | str]],
-) -> crl.RevokedCertificates | None:
-    """encode_revoked() as an asn1crypto value that keeps its bytes; None if nothing is revoked."""
-    der = encode_revoked(revoked)
-    if not der:
-        return None
-    return crl.RevokedCertificates.load(der)
+        return list(entries)
+    shapes = map(entry_shape, entries)
+    # Reversed, so that each shape keeps its first index.
+    first_of_shape = dict(zip(reversed(list(shapes)), range(len(entries) - 1, -1, -1), strict=True))
+    chosen = {0, len(entries) - 1, *first_of_shape.values()}
+    step = len(entries) / limit
+    evenly_spaced = (int(i * step) for i in range(limit))
+    for index in itertools.chain(evenly_spaced, range(len(entries))):
+        if len(chosen) >= limit:
+            break
+        chosen.add(index)
+    return [entries[index] for index in sorted(chosen)]
 
 
 def tbs_cert_list(
@@ -234,6 +255,22 @@ def tbs_cert_list(
     `revoked` holds (serial, revoked_at, reason) tuples or `Revocation`s, in any order.
     thisUpdate is `this_update` (default: now, whole seconds) and nextUpdate `days` later.
     """
+    return tbs_cert_list_of_entries(
+        issuer, issuer_key_type, crl_number, encode_entries(revoked), days, this_update
+    )
+
+
+def tbs_cert_list_of_entries(
+    issuer: x509.Certificate,
+    issuer_key_type: KeyType,
+    crl_number: int,
+    entries: Sequence[bytes],
+    days: int = DEFAULT_CRL_DAYS,
+    this_update: dt.datetime | None = None,
+) -> crl.TbsCertList:
+    """tbs_cert_list() for entries already encoded (encode_entry) and in serial order, as the
+    CA database keeps them. The list is handed to asn1crypto pre-encoded: it keeps the bytes and
+    parses them only if someone looks inside, so `tbs.dump()` stays cheap."""
     if isinstance(crl_number, bool) or not isinstance(crl_number, int):
         raise InvalidRequest(f"the CRL number must be an integer, not {crl_number!r}")
     if not 0 <= crl_number <= MAX_CRL_NUMBER:
@@ -251,10 +288,9 @@ def tbs_cert_list(
         "this_update": x509build._time(this_update),
         "next_update": x509build._time(next_update),
     }
-    entries = revoked_certificates(revoked)
-    if entries is not None:
+    if entries:
         # RFC 5280 5.1.2.6: with no revoked certificates the list MUST be absent, not empty.
-        fields["revoked_certificates"] = entries
+        fields["revoked_certificates"] = crl.RevokedCertificates.load(revoked_sequence(entries))
     fields["crl_extensions"] = [
         {
             "extn_id": "authority_key_identifier",

@@ -11,14 +11,14 @@ refused rather than damaged.
 
 Times are stored as RFC 3339 UTC text ("2030-01-31T12:00:00Z"), which sorts like the instants it
 names; serials as lowercase hex without prefix or leading zeros. This module imports asn1crypto
-only when it records a certificate, so read-only commands (list, check-expiry) start fast.
+and hashlib only when it records a certificate, so read-only commands (list, check-expiry) start
+fast.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import ipaddress
 import json
 import os
@@ -496,17 +496,53 @@ def _migrate_to_v4(conn: sqlite3.Connection) -> None:
     )
 
 
+def _migrate_to_v5(conn: sqlite3.Connection) -> None:
+    """Each revoked certificate's CRL entry, encoded once when it is revoked (backfilled here),
+    keyed so that key order is serial order: a CRL of 100,000 entries is one ordered scan."""
+    conn.execute(
+        """
+        CREATE TABLE crl_entries (
+            serial_key BLOB PRIMARY KEY CHECK (length(serial_key) = 20),
+            serial TEXT NOT NULL UNIQUE REFERENCES certificates (serial),
+            entry BLOB NOT NULL
+        ) WITHOUT ROWID
+        """
+    )
+    rows = conn.execute(
+        "SELECT serial, revoked_at, revocation_reason FROM certificates WHERE status = 'revoked'"
+    ).fetchall()
+    for serial, revoked_at, reason in rows:
+        _insert_crl_entry(conn, serial, parse_rfc3339(revoked_at), reason)
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrate_to_v1,
     _migrate_to_v2,
     _migrate_to_v3,
     _migrate_to_v4,
+    _migrate_to_v5,
 ]
 """MIGRATIONS[i] upgrades a database at user_version i to i + 1. Append; never edit a step."""
 
 
 def schema_version() -> int:
     return len(MIGRATIONS)
+
+
+def _insert_crl_entry(
+    conn: sqlite3.Connection, serial: str, revoked_at: dt.datetime, reason: str
+) -> None:
+    from . import crlbuild  # here: list and check-expiry never encode CRL entries
+
+    number = int(serial, 16)
+    conn.execute(
+        "INSERT INTO crl_entries (serial_key, serial, entry) VALUES (?, ?, ?)",
+        (
+            number.to_bytes(20, "big"),
+            serial,
+            crlbuild.encode_entry(number, revoked_at, reason),
+        ),
+    )
 
 
 def _insert_names(
@@ -635,6 +671,8 @@ class CaDatabase:
             raise InvalidRequest(f"output state must be one of {', '.join(OUTPUT_STATES)}")
         if days is not None and (isinstance(days, bool) or not isinstance(days, int) or days < 1):
             raise InvalidRequest(f"days must be a whole number of at least 1, not {days!r}")
+        import hashlib  # here, like asn1crypto: list and check-expiry never hash
+
         facts = facts or certificate_facts(der)
         key_type = getattr(key_type, "value", key_type) or facts.key_type
         path = os.path.abspath(os.fspath(output_path)) if output_path is not None else None
@@ -967,6 +1005,7 @@ class CaDatabase:
                 "revocation_reason = ? WHERE serial = ?",
                 (rfc3339(revoked_at), canonical, serial),
             )
+            _insert_crl_entry(self._conn, serial, revoked_at, canonical)
             return self._get(serial)
 
     def revoked_entries(self) -> Iterator[RevokedEntry]:
@@ -980,6 +1019,25 @@ class CaDatabase:
         parse = dt.datetime.fromisoformat
         for serial, revoked_at, reason in cursor:
             yield RevokedEntry(int(serial, 16), parse(revoked_at), reason)
+
+    def crl_entries(self) -> list[bytes]:
+        """Every revoked certificate's CRL entry (crlbuild.encode_entry), in serial order."""
+        with self._sql_errors():
+            entries = [
+                entry
+                for (entry,) in self._conn.execute(
+                    "SELECT entry FROM crl_entries ORDER BY serial_key"
+                )
+            ]
+            (revoked,) = self._conn.execute(
+                "SELECT count(*) FROM certificates WHERE status = 'revoked'"
+            ).fetchone()
+        if len(entries) != revoked:
+            raise IntegrityError(
+                f"the CA database lists {revoked} revoked certificates but {len(entries)} CRL "
+                "entries; it is damaged, restore it from a backup"
+            )
+        return entries
 
     def next_crl_number(self) -> int:
         """Take the next cRLNumber (1, 2, 3...): never handed out twice, even across processes."""

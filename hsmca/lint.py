@@ -68,6 +68,14 @@ def _crl_validator():
     )
 
 
+def prepare() -> None:
+    """Import pkilint and build both validators now rather than on the first lint."""
+    from pkilint import loader  # noqa: F401
+
+    _certificate_validator()
+    _crl_validator()
+
+
 def _findings(validator, document) -> list[Finding]:
     from pkilint.validation import ValidationFindingSeverity
 

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -598,6 +599,38 @@ def test_crl_lists_revocations_and_verifies_everywhere(ca, tmp_path):
 
     crl_entries = [json.loads(line) for line in ca.audit_lines if '"operation":"crl"' in line]
     assert [entry["crl_number"] for entry in crl_entries] == [1, 2, 3, 4]
+
+
+def test_crl_refused_by_pkilint_or_from_a_damaged_database_is_not_signed(ca):
+    """CRL entries come from the database as stored bytes; the worker process's pkilint and the
+    structural check stop a bad one before the token signs (exit 1, no file)."""
+    revoked = hexserial(ca.issue("rev.example.com"))
+    ok(["revoke", "--ca-dir", ca.ca_dir, revoked])
+    database = ca.ca_dir / "ca.sqlite3"
+    with sqlite3.connect(database) as raw:
+        (entry,) = raw.execute("SELECT entry FROM crl_entries").fetchone()
+    # The same entry with an explicit reasonCode "unspecified", which RFC 5280 5.3.1 says
+    # SHOULD be absent: well-formed DER that pkilint reports.
+    extension = asn1_crl.CRLEntryExtensions(
+        [{"extn_id": "crl_reason", "extn_value": "unspecified"}]
+    ).dump()
+    body = entry[2:] + extension
+    flagged = b"\x30" + bytes([len(body)]) + body
+    for stored, message in (
+        (flagged, "pkilint refused the CRL before signing"),
+        (entry[:-1], "the CA database is damaged"),
+    ):
+        with sqlite3.connect(database) as raw:
+            raw.execute("UPDATE crl_entries SET entry = ?", (stored,))
+        before = ca.audit_lines
+        assert_error(run(ca.signing_args("crl")), message)
+        assert not (ca.ca_dir / "ca.crl").exists()
+        assert ca.audit_lines == before
+    with sqlite3.connect(database) as raw:
+        raw.execute("UPDATE crl_entries SET entry = ?", (entry,))
+    ok(ca.signing_args("crl"))
+    crl = x509.load_der_x509_crl((ca.ca_dir / "ca.crl").read_bytes())
+    assert [hex(e.serial_number)[2:] for e in crl] == [revoked]
 
 
 def test_revoke_errors(ca):

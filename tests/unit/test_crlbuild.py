@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from hsmca import crlbuild, x509build
 from hsmca.crlbuild import Revocation, RevocationReason
-from hsmca.errors import InvalidRequest
+from hsmca.errors import IntegrityError, InvalidRequest
 from hsmca.models import KeyType
 
 from .strategies import QUICK
@@ -159,7 +159,37 @@ def test_no_revocations_means_no_revoked_certificates_field(ca_cert):
     assert tbs.dump() == plain_tbs(ca, KeyType.P256, 1, [], 7, THIS_UPDATE).dump(force=True)
     assert not crl.TbsCertList.load(tbs.dump())["revoked_certificates"].contents
     assert crlbuild.encode_revoked([]) == b""
-    assert crlbuild.revoked_certificates(iter(())) is None
+    assert crlbuild.tbs_cert_list_of_entries(ca, KeyType.P256, 1, [], 7, THIS_UPDATE).dump() == (
+        tbs.dump()
+    )
+
+
+@pytest.mark.parametrize(
+    "damaged",
+    [b"", b"\x31\x03\x02\x01\x01", b"\x30\x04\x02\x01\x01", b"\x30\x81\x01\x02"],
+    ids=["empty", "not-a-sequence", "wrong-length", "long-form-length"],
+)
+def test_a_damaged_stored_entry_is_refused(damaged):
+    good = crlbuild.encode_entry(5, THIS_UPDATE, "superseded")
+    assert crlbuild.revoked_sequence([good]) == b"\x30" + bytes([len(good)]) + good
+    with pytest.raises(IntegrityError, match="damaged"):
+        crlbuild.revoked_sequence([good, damaged])
+
+
+@pytest.mark.parametrize(
+    ("serial", "when", "reason", "message"),
+    [
+        (0, THIS_UPDATE, "superseded", "positive integer"),
+        (1 << 159, THIS_UPDATE, "superseded", "positive integer"),
+        (True, THIS_UPDATE, "superseded", "positive integer"),
+        (3, THIS_UPDATE.replace(tzinfo=None), "superseded", "time zone"),
+        (3, dt.datetime(1949, 12, 31, tzinfo=UTC), "superseded", "before 1950"),
+        (3, THIS_UPDATE, "key_compromise", "unknown revocation reason"),
+    ],
+)
+def test_encode_entry_refuses_what_a_crl_cannot_hold(serial, when, reason, message):
+    with pytest.raises(InvalidRequest, match=message):
+        crlbuild.encode_entry(serial, when, reason)
 
 
 revocations = st.lists(
@@ -184,6 +214,18 @@ def test_fast_equals_plain_for_random_lists(ca_cert, revoked, crl_number, days):
     fast = crlbuild.tbs_cert_list(ca, KeyType.P256, crl_number, revoked, days, THIS_UPDATE)
     plain = plain_tbs(ca, KeyType.P256, crl_number, revoked, days, THIS_UPDATE)
     assert fast.dump() == plain.dump(force=True)
+
+
+@QUICK
+@given(revoked=revocations)
+def test_one_entry_at_a_time_is_the_plain_entry(ca_cert, revoked):
+    """What the CA database stores per revocation (encode_entry), concatenated in serial order,
+    is the plain asn1crypto list."""
+    ca = ca_cert(KeyType.P256)
+    stored = [crlbuild.encode_entry(*entry) for entry in sorted(revoked, key=itemgetter(0))]
+    joined = crlbuild.tbs_cert_list_of_entries(ca, KeyType.P256, 9, stored, 7, THIS_UPDATE)
+    plain = plain_tbs(ca, KeyType.P256, 9, revoked, 7, THIS_UPDATE)
+    assert joined.dump() == plain.dump(force=True)
 
 
 @pytest.mark.parametrize("length", [0, 1, 127, 128, 255, 256, 65535, 65536, 1 << 24])
@@ -404,14 +446,63 @@ def test_lint_sample_covers_every_encoding_shape():
         ((1 << 159) - 1, dt.datetime(2080, 1, 1, tzinfo=UTC), "cessationOfOperation"),
         (999, base, RevocationReason.UNSPECIFIED),
         (6001, base, "affiliationChanged"),
+        (1 << 70, base, "superseded"),
     ]
-    sample = crlbuild.lint_sample(revoked, limit=100)
-    serials = {entry[0] for entry in sample}
-    assert len(sample) == len(serials) == 100
-    assert {1, (1 << 159) - 1, 999, 6001} <= serials
-    assert {str(entry[2]) for entry in sample} == {r.value for r in RevocationReason}
-    assert set(sample) <= set(revoked)
-    assert crlbuild.lint_sample(revoked[:50], limit=100) == revoked[:50]
+    entries = crlbuild.encode_entries(revoked)
+    sample = crlbuild.lint_sample(entries, limit=100)
+    assert len(sample) == len(set(sample)) == 100
+    assert sample == sorted(sample, key=entries.index)  # still in serial order
+    assert {sample[0], sample[-1]} == {entries[0], entries[-1]}
+    assert {crlbuild.entry_shape(e) for e in sample} == {crlbuild.entry_shape(e) for e in entries}
+    read = crl.RevokedCertificates.load(crlbuild.revoked_sequence(sample))
+    assert {e["user_certificate"].native for e in read} >= {1, (1 << 159) - 1, 999, 6001, 1 << 70}
+    assert {e["revocation_date"].name for e in read} == {"utc_time", "general_time"}
+    assert crlbuild.lint_sample(entries[:50], limit=100) == entries[:50]
+
+
+def test_entry_shape_reads_serial_length_time_type_and_reason():
+    when = dt.datetime(2030, 1, 1, tzinfo=UTC)
+    short = crlbuild.encode_entry(0x7F, when, "unspecified")
+    padded = crlbuild.encode_entry(0x80, when, "unspecified")
+    later = crlbuild.encode_entry(0x7F, dt.datetime(2050, 1, 1, tzinfo=UTC), "unspecified")
+    compromised = crlbuild.encode_entry(0x7F, when, "keyCompromise")
+    superseded = crlbuild.encode_entry(0x7F, when, "superseded")
+    shapes = [crlbuild.entry_shape(e) for e in (short, padded, later, compromised, superseded)]
+    assert len(set(shapes)) == 5
+    # Same shape: a different serial of the same length, a different time of the same type.
+    assert crlbuild.entry_shape(
+        crlbuild.encode_entry(0x11, when.replace(year=2031), "superseded")
+    ) == (crlbuild.entry_shape(superseded))
+
+
+@QUICK
+@given(
+    first=st.tuples(
+        st.integers(1, (1 << 159) - 1),
+        st.datetimes(dt.datetime(1950, 1, 1), dt.datetime(9999, 12, 31), timezones=st.just(UTC)),
+        st.sampled_from(list(RevocationReason)),
+    ),
+    second=st.tuples(
+        st.integers(1, (1 << 159) - 1),
+        st.datetimes(dt.datetime(1950, 1, 1), dt.datetime(9999, 12, 31), timezones=st.just(UTC)),
+        st.sampled_from(list(RevocationReason)),
+    ),
+)
+def test_entry_shape_is_serial_length_time_type_and_reason(first, second):
+    """entry_shape reads three octets; it must mean exactly what pkilint can tell apart."""
+
+    def meaning(serial, when, reason):
+        entry = crl.RevokedCertificate.load(crlbuild.encode_entry(serial, when, reason))
+        return (
+            len(entry["user_certificate"].contents),
+            entry["revocation_date"].name,
+            str(reason),
+        )
+
+    same_shape = crlbuild.entry_shape(crlbuild.encode_entry(*first)) == crlbuild.entry_shape(
+        crlbuild.encode_entry(*second)
+    )
+    assert same_shape == (meaning(*first) == meaning(*second))
 
 
 def test_a_lint_sample_crl_lints_clean(signer, ca_cert):
@@ -425,7 +516,9 @@ def test_a_lint_sample_crl_lints_clean(signer, ca_cert):
         )
         for serial in range(3000)
     ]
-    sample = crlbuild.lint_sample(revoked, limit=200)
+    sample = crlbuild.lint_sample(crlbuild.encode_entries(revoked), limit=200)
     assert len(sample) == 200
-    der = signed_crl(signer(KeyType.P256), ca_cert(KeyType.P256), sample)
+    tbs = crlbuild.tbs_cert_list_of_entries(ca_cert(KeyType.P256), KeyType.P256, 7, sample, 30)
+    key = signer(KeyType.P256)
+    der = crlbuild.certificate_list(tbs, KeyType.P256, key.sign(tbs.dump())).dump()
     assert pkilint_findings(der) == []

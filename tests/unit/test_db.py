@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hsmca import db, x509build
+from hsmca import crlbuild, db, x509build
 from hsmca.errors import HsmcaError, IntegrityError, InvalidRequest
 from hsmca.models import KeyType
 from hsmca.signing import SoftwareSigner
@@ -247,6 +247,12 @@ def test_a_v1_database_is_migrated_in_place_keeping_its_rows(ca_dir):
         assert database.find("10.0.0.1").serial == serial_of(active)
         assert database.find(serial_of(revoked)).status == "revoked"
         assert [e.serial for e in database.revoked_entries()] == [int(serial_of(revoked), 16)]
+        # crl_entries (new in v5) was backfilled from the revoked rows.
+        assert database.crl_entries() == [
+            crlbuild.encode_entry(
+                int(serial_of(revoked), 16), dt.datetime(2030, 2, 1, tzinfo=dt.UTC), "keyCompromise"
+            )
+        ]
         assert database.find_output("/srv/out/rec1.example.com.pfx").serial == serial_of(active)
         assert database.next_crl_number() == 8
         assert database.audit_anchor() is None
@@ -829,14 +835,38 @@ def test_revoke_records_reason_and_time_for_the_crl(database):
 
     # In no particular order: a CRL sorts its entries by serial.
     entries = {e.serial: e for e in database.revoked_entries()}
-    assert sorted((e.serial, e.reason, e.reason_code) for e in entries.values()) == sorted([
-        (a.serial_number, "keyCompromise", 1),
-        (c.serial_number, "superseded", 4),
-        (b.serial_number, "unspecified", 0),
-    ])
+    assert sorted((e.serial, e.reason, e.reason_code) for e in entries.values()) == sorted(
+        [
+            (a.serial_number, "keyCompromise", 1),
+            (c.serial_number, "superseded", 4),
+            (b.serial_number, "unspecified", 0),
+        ]
+    )
     first = entries[a.serial_number]
     assert first.revoked_at == dt.datetime(2030, 3, 4, 3, 6, 7, tzinfo=dt.UTC)
     assert first.revoked_at.tzinfo is not None
+
+
+def test_crl_entries_are_the_encoded_revocations_in_serial_order(database):
+    records = [record(database, make_cert((f"r{i}.example.com",))) for i in range(12)]
+    when = dt.datetime(2030, 3, 4, 5, 6, 7, tzinfo=dt.UTC)
+    reasons = list(db.REVOCATION_REASONS)
+    for i, rec in enumerate(records[:10]):
+        database.revoke(rec.serial, reasons[i % len(reasons)], when + dt.timedelta(minutes=i))
+    expected = crlbuild.encode_entries(
+        (e.serial, e.revoked_at, e.reason) for e in database.revoked_entries()
+    )
+    assert len(expected) == 10
+    assert database.crl_entries() == expected
+
+
+def test_crl_entries_refuse_a_database_whose_entries_do_not_match(database, ca_dir):
+    rec = record(database, make_cert(("rec1.example.com",)))
+    database.revoke(rec.serial, "superseded", NOW)
+    with sqlite3.connect(ca_dir / "ca.sqlite3") as raw:
+        raw.execute("DELETE FROM crl_entries")
+    with pytest.raises(IntegrityError, match="1 revoked certificates but 0 CRL entries"):
+        database.crl_entries()
 
 
 def test_revoke_refuses_twice_unknown_serials_bad_reasons_and_the_ca(database):
