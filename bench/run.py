@@ -589,6 +589,8 @@ class Bench:
         self.logs.mkdir()
         self.module = softhsm_module()
         self.pin = secrets.token_hex(8)
+        # Throwaway tokens: the PIN is kept beside them so that a --keep directory can be reused.
+        (self.root / "user.pin").write_text(self.pin + "\n")
         self.password = "bench-" + secrets.token_hex(6)
         self.hsmca = hsmca_command()
         self.main_conf = softhsm_conf(self.root / "softhsm-main")
@@ -1089,22 +1091,32 @@ class Bench:
             self.setup()
             self.warm_up()
             self.check_openssl()
-            self.stage_raw()
-            self.stage_inproc()
+            wanted = self.args.only
+            peers = self.openssl_ok
+            if "raw" in wanted:
+                self.stage_raw()
+            if "inproc" in wanted:
+                self.stage_inproc()
             # The OpenSSL peers run half before and half after the hsmca figure they are compared
             # with; the CRL peer runs right after each `hsmca crl`.
-            if self.openssl_ok:
-                self.stage_openssl_sign(0)
-            self.stage_cli_sign()
-            if self.openssl_ok:
-                self.stage_openssl_sign(1)
-                self.stage_openssl_pfx(0)
-            self.stage_batch()
-            if self.openssl_ok:
-                self.stage_openssl_pfx(1)
-            self.stage_startup()
-            self.stage_crl()
-            self.stage_memory()
+            if "sign" in wanted:
+                if peers:
+                    self.stage_openssl_sign(0)
+                self.stage_cli_sign()
+                if peers:
+                    self.stage_openssl_sign(1)
+            if "batch" in wanted:
+                if peers:
+                    self.stage_openssl_pfx(0)
+                self.stage_batch()
+                if peers:
+                    self.stage_openssl_pfx(1)
+            if "startup" in wanted:
+                self.stage_startup()
+            if "crl" in wanted:
+                self.stage_crl()
+            if "memory" in wanted:
+                self.stage_memory()
         finally:
             self.results["elapsed"] = time.perf_counter() - started
             self.results["load_end"] = os.getloadavg()
@@ -1402,12 +1414,30 @@ def details(bench: Bench) -> None:
     )
 
 
+STAGES = ("raw", "inproc", "sign", "batch", "startup", "crl", "memory")
+
+
+def _stage_names(value: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    unknown = sorted(set(names) - set(STAGES))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown stage(s) {unknown}; choose from {STAGES}")
+    return names
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small counts (under two minutes)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--no-openssl", action="store_true", help="skip the OpenSSL peers")
     parser.add_argument("--json", metavar="FILE", help="also write the raw figures as JSON")
+    parser.add_argument(
+        "--only",
+        type=_stage_names,
+        default=STAGES,
+        metavar="STAGES",
+        help=f"comma-separated stages to run, of: {','.join(STAGES)} (default: all)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--params", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
