@@ -11,9 +11,11 @@ import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from asn1crypto import keys, pem, x509
 from cryptography.exceptions import InvalidSignature
@@ -33,6 +35,9 @@ from .models import (
 )
 from .p11uri import TokenSelector, parse_token_spec
 from .queries import expiring_certificates, list_certificates, read_database, verify_audit_log
+
+if TYPE_CHECKING:
+    from multiprocessing.pool import Pool
 
 __all__ = [
     "BatchRow",
@@ -718,68 +723,69 @@ class OpenCa:
             Path(out), der, certificate.serial_number, certificate.not_valid_after, notes
         )
 
-    def sign_csrs(self, prepared, force: bool = False, chunk: int = 64) -> list[CsrSigned]:
+    def sign_csrs(
+        self, prepared, force: bool = False, chunk: int = 64, lint_workers=None
+    ) -> list[CsrSigned]:
         """Sign verified CSRs' keys; write each leaf and the chain as PEM, `chunk` at a time.
 
-        Many CSRs are linted in worker processes (pkilint costs several times a signature)
-        while this process, the only one with the token session, signs.
+        With `lint_workers` (a process pool from _lint_workers), the workers lint the next
+        chunk while this process, the only one with the token session, signs this one:
+        pkilint costs several times a signature.
         """
+
+        def build_and_lint(part):
+            leaves = [self.leaf_tbs(request, parsed.public_key) for parsed, request, _ in part]
+            jobs = [
+                (tbs.dump(), self.config.key_type, lint.single_label_allowances(request.dns_names))
+                for (tbs, _), (_, request, _) in zip(leaves, part, strict=True)
+            ]
+            if lint_workers is None:
+                return leaves, [signing.lint_tbs(*job) for job in jobs]
+            return leaves, lint_workers.starmap_async(signing.lint_tbs, jobs, chunksize=8)
+
         signed = []
-        with _lint_pool(len(prepared)) as pool:
-            for start in range(0, len(prepared), chunk):
-                part = prepared[start : start + chunk]
-                leaves = [self.leaf_tbs(request, parsed.public_key) for parsed, request, _ in part]
-                lint_jobs = [
-                    (
-                        tbs.dump(),
-                        self.config.key_type,
-                        lint.single_label_allowances(request.dns_names),
+        parts = [prepared[start : start + chunk] for start in range(0, len(prepared), chunk)]
+        ahead = build_and_lint(parts[0]) if parts else None
+        for index, part in enumerate(parts):
+            leaves, linting = ahead
+            if index + 1 < len(parts):
+                ahead = build_and_lint(parts[index + 1])
+            # Every certificate of the chunk passes lint before the token signs any of it,
+            # so a refusal never leaves a signed certificate unrecorded.
+            linted = linting if isinstance(linting, list) else linting.get()
+            deliveries = []
+            for (parsed, request, out), (tbs, notes), passed in zip(
+                part, leaves, linted, strict=True
+            ):
+                certificate, notes = self.sign_server(
+                    request, parsed.public_key, (tbs, notes, passed)
+                )
+                pem_chain = b"".join(_pem(der) for der in [certificate.dump(), *self.chain_der])
+                deliveries.append(
+                    Delivery(
+                        certificate,
+                        "csr",
+                        request.key_type,
+                        request.days,
+                        out,
+                        pem_chain,
+                        store.PUBLIC_MODE,
+                        force,
+                        "sign",
                     )
-                    for (tbs, _), (_, request, _) in zip(leaves, part, strict=True)
-                ]
-                # Every certificate of the chunk passes lint before the token signs any of it,
-                # so a refusal never leaves a signed certificate unrecorded.
-                linted = None
-                if pool:
-                    try:
-                        linted = list(pool.map(signing.lint_tbs, *zip(*lint_jobs, strict=True)))
-                    except concurrent.futures.process.BrokenProcessPool:
-                        pool = None  # workers could not start here: lint in this process
-                if linted is None:
-                    linted = [signing.lint_tbs(*job) for job in lint_jobs]
-                deliveries = []
-                for (parsed, request, out), (tbs, notes), passed in zip(
-                    part, leaves, linted, strict=True
-                ):
-                    certificate, notes = self.sign_server(
-                        request, parsed.public_key, (tbs, notes, passed)
+                )
+                signed.append(
+                    CsrSigned(
+                        parsed.source,
+                        Path(out),
+                        certificate.serial_number,
+                        request.dns_names,
+                        certificate.not_valid_after,
+                        notes,
+                        parsed.ignored,
                     )
-                    pem_chain = b"".join(_pem(der) for der in [certificate.dump(), *self.chain_der])
-                    deliveries.append(
-                        Delivery(
-                            certificate,
-                            "csr",
-                            request.key_type,
-                            request.days,
-                            out,
-                            pem_chain,
-                            store.PUBLIC_MODE,
-                            force,
-                            "sign",
-                        )
-                    )
-                    signed.append(
-                        CsrSigned(
-                            parsed.source,
-                            Path(out),
-                            certificate.serial_number,
-                            request.dns_names,
-                            certificate.not_valid_after,
-                            notes,
-                            parsed.ignored,
-                        )
-                    )
-                self.deliver(deliveries)
+                )
+            self.deliver(deliveries)
         return signed
 
     def make_crl(
@@ -794,7 +800,7 @@ class OpenCa:
 
         A CRL is republished in place (`replace`): the newer one, with the higher cRLNumber,
         replaces the older. A ceremony asks for a file that must not exist yet instead.
-        `check_crl` runs lint.check_crl, here or in a worker process (_crl_linter).
+        `check_crl` runs lint.check_crl, here or in a worker process (_lint_workers).
         """
         from . import crlbuild
 
@@ -833,26 +839,6 @@ class OpenCa:
         return CrlMade(
             Path(out), crl_number, len(entries), signed["tbs_cert_list"]["next_update"].native
         )
-
-
-# Below this many certificates, starting lint workers costs more than it saves.
-PARALLEL_LINT_FROM = 256
-
-
-@contextlib.contextmanager
-def _lint_pool(count: int):
-    """Worker processes for pre-issuance linting of `count` certificates, or None if few."""
-    import multiprocessing
-    import os
-
-    workers = os.cpu_count() or 1
-    if count < PARALLEL_LINT_FROM or workers < 2:
-        yield None
-        return
-    # spawn: a forked child would inherit the logged-in PKCS#11 library state.
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-        yield pool
 
 
 @contextlib.contextmanager
@@ -1043,38 +1029,40 @@ def make_crl(
     x509build.validate_days(days, "CRL validity")
     out = Path(out) if out else ca_dir / ("ca.crl.pem" if pem_output else "ca.crl")
     store.check_output(out, replace)
-    with _crl_linter() as check_crl, open_ca(ca_dir, pin_source) as ca:
-        return ca.make_crl(days, out, pem_output, replace, check_crl)
+    with _lint_workers(1) as workers, open_ca(ca_dir, pin_source) as ca:
+
+        def check_in_worker(crl_der: bytes) -> None:
+            workers.apply(lint.check_crl, (crl_der,))
+
+        return ca.make_crl(
+            days, out, pem_output, replace, check_in_worker if workers else lint.check_crl
+        )
 
 
 @contextlib.contextmanager
-def _crl_linter() -> Iterator[Callable[[bytes], None]]:
-    """lint.check_crl in a worker process forked now, before the token is opened.
+def _lint_workers(processes: int) -> Iterator[Pool | None]:
+    """Processes for pre-issuance linting, forked now and importing pkilint at once; None with
+    one core, or where no process can be had (the caller lints in this process then).
 
-    Importing pkilint takes about 0.3 s, as long as reading, encoding and signing a CRL of
-    100,000 entries; the worker spends it on the other core while this process reads the
-    database and logs in. Forked, not spawned, since a fresh interpreter would cost more than it
-    saves; and forked before this process logs in, so that the child holds no token state.
+    pkilint takes about 0.3 s to import and several times a signature to lint a certificate;
+    the workers spend that on the other core while this process reads its inputs, logs in and
+    signs. Forked, not spawned, since a fresh interpreter costs more than it saves; so they
+    must be made before this process logs in to a token, and hold no token state.
     """
     import multiprocessing
-    import os
 
-    if (os.cpu_count() or 1) < 2:
-        yield lint.check_crl
+    if processes < 1 or (os.cpu_count() or 1) < 2:
+        yield None
         return
     try:
-        pool = multiprocessing.get_context("fork").Pool(1, initializer=lint.prepare)
+        pool = multiprocessing.get_context("fork").Pool(processes, initializer=lint.prepare)
     except OSError:
-        yield lint.check_crl  # no process to be had: lint here
+        yield None
         return
     try:
-
-        def check_in_worker(crl_der: bytes) -> None:
-            pool.apply(lint.check_crl, (crl_der,))
-
-        yield check_in_worker
+        yield pool
     finally:
-        # Nothing is left running on success; on an error, do not wait for the warm-up.
+        # On success nothing is left running; on an error, do not wait for the workers.
         pool.terminate()
         pool.join()
 
@@ -1134,9 +1122,10 @@ def sign_csrs(
     force: bool = False,
 ) -> list[CsrSigned]:
     """Sign many CSRs with one login; each gets `<first DNS name>.pem` (leaf, then chain)."""
-    prepared = read_csrs(paths, days=days, dns=dns, ip=ip, out_dir=out_dir, force=force)
-    with open_ca(ca_dir, pin_source) as ca:
-        return ca.sign_csrs(prepared, force)
+    with _lint_workers(os.cpu_count() or 1) as workers:
+        prepared = read_csrs(paths, days=days, dns=dns, ip=ip, out_dir=out_dir, force=force)
+        with open_ca(ca_dir, pin_source) as ca:
+            return ca.sign_csrs(prepared, force, lint_workers=workers)
 
 
 @dataclass(frozen=True)
@@ -1263,7 +1252,6 @@ def batch_issue(
     """
     import collections
     import multiprocessing
-    import os
 
     results: list[BatchRow] = []
     if not todo:

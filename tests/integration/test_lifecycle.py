@@ -755,6 +755,44 @@ def test_sign_csrs_from_rsa_and_p256_keys(ca, tmp_path):
     assert [p.name for p in ca.work.iterdir()] == ["cam2.example.com.pem"]
 
 
+def test_a_csr_refused_by_the_lint_workers_stops_its_chunk_unsigned(ca, tmp_path, monkeypatch):
+    """`sign` lints in forked worker processes; their refusal reaches the user and nothing of
+    the chunk is signed, written or recorded. The workers are forked after this patch, so they
+    run it: a finding pkilint would report for one certificate, without a real bad profile."""
+    from hsmca import lint
+    from hsmca.errors import LintFailure
+
+    real = lint.check_certificate
+
+    linted_in = tmp_path / "linted-in"
+
+    def refuse_one(der, allowed=frozenset()):
+        with open(linted_in, "a") as pids:
+            pids.write(f"{os.getpid()}\n")
+        if b"refused.example.com" in der:
+            raise LintFailure("pkilint refused the certificate before signing, nothing was "
+                              "signed: ERROR test.finding at certificate")
+        return real(der, allowed)
+
+    monkeypatch.setattr(lint, "check_certificate", refuse_one)
+    csrs = [
+        write_csr(tmp_path / f"{name}.csr", make_csr(p256_key(), [f"{name}.example.com"]))
+        for name in ("first", "refused", "last")
+    ]
+    out_dir = tmp_path / "signed"
+    before = ca.snapshot()
+    assert_error(run(ca.signing_args("sign", *csrs, "--out-dir", out_dir)),
+                 "pkilint refused the certificate", "test.finding")
+    assert not out_dir.exists() or not list(out_dir.iterdir())
+    assert ca.snapshot() == before
+    if (os.cpu_count() or 1) >= 2:
+        assert str(os.getpid()) not in linted_in.read_text().split()
+    monkeypatch.setattr(lint, "check_certificate", real)
+    ok(ca.signing_args("sign", csrs[0], csrs[2], "--out-dir", out_dir))
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "first.example.com.pem", "last.example.com.pem"]
+
+
 def test_sign_overrides_the_requested_names(ca, tmp_path):
     csr = write_csr(tmp_path / "wish.csr",
                     make_csr(p256_key(), ["wrong.example.com", "other.example.com"],
