@@ -79,7 +79,7 @@ COUNTS = {
         "crl_repeats": 3,
         "openssl_csrs": 50,
         "openssl_pfx": 20,
-        "startup_repeats": 10,
+        "startup_repeats": 21,
         "memory_total": 10_000,
         "memory_checkpoints": (1000, 5000, 10_000),
         "memory_distinct_csrs": 1000,
@@ -830,6 +830,8 @@ class Bench:
                     raise RuntimeError(f"hsmca {' '.join(arguments)}: {ran.stderr}")
                 times.append(ran.seconds)
             figures[key] = statistics.median(times) * 1e3
+            # The fastest start is what the code costs; the median adds this host's noise.
+            figures[f"{key}_best"] = min(times) * 1e3
         times = [
             run([sys.executable, "-c", "pass"], self.env, logs=self.logs, rss=False).seconds
             for _ in range(repeats)
@@ -1282,9 +1284,10 @@ def report(bench: Bench) -> None:
     if "startup" in r:
         for key, label in (("help", "hsmca --help"), ("check_expiry", "hsmca check-expiry")):
             ms = r["startup"][key]
+            best = r["startup"].get(f"{key}_best")
             row(
                 f"start-up {label} (median of {n['startup_repeats']}, pyc cached)",
-                f"{ms:.0f} ms",
+                f"{ms:.0f} ms" + (f" (best {best:.0f})" if best is not None else ""),
                 rss=_mib(stages.get(f"startup_{key}")),
                 target=f"< {TARGET_STARTUP_MS:.0f} ms",
                 met=_met(ms < TARGET_STARTUP_MS),
