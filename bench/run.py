@@ -1227,6 +1227,9 @@ def report(bench: Bench) -> None:
         peer = osl.get(f"openssl-{name}")
         for path, key in (("(a) sign_server, linted", "a_rate"), ("(b) same, no lint", "b_rate")):
             ratio = _ratio(entry[key], raw_rate)
+            # Issue 3's target is for the build-sign-verify pipeline, (b); (a) adds issue 4's
+            # pkilint rehearsal of every certificate and is bound by it (see the lint row).
+            linted = key == "a_rate"
             row(
                 f"in-process {entry['csrs']} CSRs {KEY_NAMES[value]} CA {path}",
                 _fmt_rate(entry[key]),
@@ -1234,12 +1237,14 @@ def report(bench: Bench) -> None:
                 _fmt_rate(peer),
                 _fmt_ratio(_ratio(entry[key], peer), "x"),
                 _mib(stages.get(f"inproc_{name}")),
-                f">= {target} x raw",
-                _met(None if ratio is None else ratio >= target),
+                "lint-bound" if linted else f">= {target} x raw",
+                "-" if linted else _met(None if ratio is None else ratio >= target),
             )
+        ceiling = 1e3 / entry["lint_ms"]
         row(
-            f"  pkilint per certificate, {KEY_NAMES[value]} CA",
+            f"  pkilint per certificate, {KEY_NAMES[value]} CA (ceiling {ceiling:,.0f}/s a core)",
             f"{entry['lint_ms']:.2f} ms",
+            _fmt_ratio(_ratio(ceiling, raw_rate)),
         )
 
     if "cli_sign" in r:
@@ -1327,6 +1332,15 @@ def report(bench: Bench) -> None:
         "times: OpenSSL/hsmca). OpenSSL = one process per certificate with the PKCS#11 engine, "
         "same CA key type on the same kind of token."
     )
+    if any(key.startswith("inproc_") for key in r):
+        print(
+            "In-process: issue 3's >= 0.8 / 0.4 x raw applies to (b), building, token signing and "
+            "verifying; (a) also lints every certificate with pkilint first (issue 4), which no"
+        )
+        print(
+            "pipeline can outrun: its ceiling is the pkilint row's rate per core. `hsmca sign` "
+            "spreads that lint over worker processes."
+        )
     details(bench)
 
 

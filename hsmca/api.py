@@ -1039,6 +1039,15 @@ def make_crl(
         )
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container or taskset may
+    narrow), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 @contextlib.contextmanager
 def _lint_workers(processes: int) -> Iterator[Pool | None]:
     """Processes for pre-issuance linting, forked now and importing pkilint at once; None with
@@ -1051,7 +1060,7 @@ def _lint_workers(processes: int) -> Iterator[Pool | None]:
     """
     import multiprocessing
 
-    if processes < 1 or (os.cpu_count() or 1) < 2:
+    if processes < 1 or usable_cores() < 2:
         yield None
         return
     try:
@@ -1122,7 +1131,7 @@ def sign_csrs(
     force: bool = False,
 ) -> list[CsrSigned]:
     """Sign many CSRs with one login; each gets `<first DNS name>.pem` (leaf, then chain)."""
-    with _lint_workers(os.cpu_count() or 1) as workers:
+    with _lint_workers(usable_cores()) as workers:
         prepared = read_csrs(paths, days=days, dns=dns, ip=ip, out_dir=out_dir, force=force)
         with open_ca(ca_dir, pin_source) as ca:
             return ca.sign_csrs(prepared, force, lint_workers=workers)
@@ -1257,9 +1266,10 @@ def batch_issue(
     if not todo:
         return results
     pfx.check_password(password)
-    workers = workers or os.cpu_count() or 1
-    # spawn: a forked child would inherit the logged-in PKCS#11 library state.
-    context = multiprocessing.get_context("spawn")
+    workers = workers or usable_cores()
+    # fork: no fresh interpreter to start. The pool forks its workers at its first submit,
+    # top_up() below, before open_ca logs in, so that no child holds token state.
+    context = multiprocessing.get_context("fork")
     window = 2 * workers + 2
 
     def report(result: BatchRow) -> None:

@@ -759,7 +759,7 @@ def test_a_csr_refused_by_the_lint_workers_stops_its_chunk_unsigned(ca, tmp_path
     """`sign` lints in forked worker processes; their refusal reaches the user and nothing of
     the chunk is signed, written or recorded. The workers are forked after this patch, so they
     run it: a finding pkilint would report for one certificate, without a real bad profile."""
-    from hsmca import lint
+    from hsmca import api, lint
     from hsmca.errors import LintFailure
 
     real = lint.check_certificate
@@ -785,7 +785,7 @@ def test_a_csr_refused_by_the_lint_workers_stops_its_chunk_unsigned(ca, tmp_path
                  "pkilint refused the certificate", "test.finding")
     assert not out_dir.exists() or not list(out_dir.iterdir())
     assert ca.snapshot() == before
-    if (os.cpu_count() or 1) >= 2:
+    if api.usable_cores() >= 2:
         assert str(os.getpid()) not in linted_in.read_text().split()
     monkeypatch.setattr(lint, "check_certificate", real)
     ok(ca.signing_args("sign", csrs[0], csrs[2], "--out-dir", out_dir))
@@ -903,6 +903,16 @@ def test_batch_issues_every_row_and_creates_folders(ca, tmp_path):
         assert hexserial(leaf) in result.output
     operations = [json.loads(line)["operation"] for line in ca.audit_lines]
     assert operations == ["init", "batch", "batch", "batch"]
+
+
+def test_batch_workers_make_a_different_key_for_every_server(ca, tmp_path):
+    """The keys come from forked worker processes: each must have its own random state."""
+    rows = "".join(f"w{i}.example.com,,,,p256\n" for i in range(12))
+    inventory = write_inventory(tmp_path / "site.csv", "dns,ip,out,days,key_type\n" + rows)
+    out_dir = tmp_path / "pfx"
+    ok(ca.pfx_args("batch", inventory, "--out-dir", out_dir))
+    keys = [load_pfx(out_dir / f"w{i}.example.com.pfx")[0] for i in range(12)]
+    assert len({public_der(key.public_key()) for key in keys}) == 12
 
 
 def test_batch_reports_bad_rows_by_line_and_goes_on(ca, tmp_path):
