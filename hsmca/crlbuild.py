@@ -269,8 +269,7 @@ def tbs_cert_list_of_entries(
     this_update: dt.datetime | None = None,
 ) -> crl.TbsCertList:
     """tbs_cert_list() for entries already encoded (encode_entry) and in serial order, as the
-    CA database keeps them. The list is handed to asn1crypto pre-encoded: it keeps the bytes and
-    parses them only if someone looks inside, so `tbs.dump()` stays cheap."""
+    CA database keeps them."""
     if isinstance(crl_number, bool) or not isinstance(crl_number, int):
         raise InvalidRequest(f"the CRL number must be an integer, not {crl_number!r}")
     if not 0 <= crl_number <= MAX_CRL_NUMBER:

@@ -27,7 +27,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from .errors import HsmcaError, IntegrityError, InvalidRequest
 
@@ -327,19 +327,6 @@ class CertificateRecord:
             "output_state": self.output_state,
             "created_at": rfc3339(self.created_at),
         }
-
-
-class RevokedEntry(NamedTuple):
-    """One revokedCertificates entry of a CRL (a tuple, as crlbuild takes it)."""
-
-    serial: int
-    revoked_at: dt.datetime
-    reason: str
-    """One of REVOCATION_REASONS (camelCase, as on the command line)."""
-
-    @property
-    def reason_code(self) -> int:
-        return REVOCATION_REASONS[self.reason]
 
 
 _COLUMNS = (
@@ -1007,18 +994,6 @@ class CaDatabase:
             )
             _insert_crl_entry(self._conn, serial, revoked_at, canonical)
             return self._get(serial)
-
-    def revoked_entries(self) -> Iterator[RevokedEntry]:
-        """Every revoked certificate, oldest revocation first, streamed (for CRLs)."""
-        with self._sql_errors():
-            # No ORDER BY: a CRL lists its entries by serial, and crlbuild sorts them so.
-            cursor = self._conn.execute(
-                "SELECT serial, revoked_at, revocation_reason FROM certificates "
-                "WHERE status = 'revoked'"
-            )
-        parse = dt.datetime.fromisoformat
-        for serial, revoked_at, reason in cursor:
-            yield RevokedEntry(int(serial, 16), parse(revoked_at), reason)
 
     def crl_entries(self) -> list[bytes]:
         """Every revoked certificate's CRL entry (crlbuild.encode_entry), in serial order."""
