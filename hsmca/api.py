@@ -613,6 +613,7 @@ class OpenCa:
         self.write(list(zip(records, deliveries, strict=True)))
         return records
 
+    @store.interrupts_deferred()
     def record(self, deliveries: list[Delivery]) -> list:
         """Audit and record signed certificates (output 'pending'), before any file exists.
 
@@ -648,6 +649,7 @@ class OpenCa:
             self.db.set_audit_anchor(entries[-1].seq, entries[-1].line_sha256)
         return records
 
+    @store.interrupts_deferred()
     def write(self, items: list) -> None:
         """Write the output file of each recorded (record, delivery) and mark it written.
 
@@ -1039,6 +1041,18 @@ def make_crl(
         )
 
 
+def _ignore_interrupts() -> None:
+    """In a worker process: Ctrl-C is for the main process, which stops the workers itself."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _lint_worker_start() -> None:
+    _ignore_interrupts()
+    lint.prepare()
+
+
 def usable_cores() -> int:
     """The cores this process may run on (its CPU affinity, which a container or taskset may
     narrow), not the machine's."""
@@ -1064,7 +1078,7 @@ def _lint_workers(processes: int) -> Iterator[Pool | None]:
         yield None
         return
     try:
-        pool = multiprocessing.get_context("fork").Pool(processes, initializer=lint.prepare)
+        pool = multiprocessing.get_context("fork").Pool(processes, initializer=_lint_worker_start)
     except OSError:
         yield None
         return
@@ -1277,7 +1291,9 @@ def batch_issue(
         if progress is not None:
             progress(result)
 
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_ignore_interrupts
+    ) as pool:
 
         def submit(function, *args):
             try:

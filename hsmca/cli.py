@@ -43,7 +43,10 @@ class HsmcaGroup(click.Group):
         except (click.exceptions.Exit, click.ClickException):
             raise
         except (KeyboardInterrupt, click.Abort):
-            raise click.ClickException("interrupted; nothing was written") from None
+            raise click.ClickException(
+                "interrupted; any file already written is complete and recorded, none is "
+                "half-written ('hsmca list' shows what was issued)"
+            ) from None
         except Exception as exc:
             if os.environ.get(DEBUG_ENV):
                 raise

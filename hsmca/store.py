@@ -11,7 +11,7 @@ import contextlib
 import errno
 import os
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import HsmcaError, InvalidRequest, OutputExists
@@ -42,6 +42,30 @@ def check_output(path: Path, force: bool) -> None:
         raise OutputExists(f"{path} already exists; use --force to replace it, or write elsewhere")
 
 
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) back until the block is done, then raise it: files, and the records
+    that describe them, are never left halfway (a temporary file, a row without its mark).
+
+    Only the main thread receives signals; elsewhere this does nothing. Blocks may nest.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda _signum, frame: received.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received and callable(previous):
+            previous(signal.SIGINT, received[-1])
+
+
+@interrupts_deferred()
 def write_file(path: Path, data: bytes, mode: int = PUBLIC_MODE, force: bool = False) -> None:
     """Atomically create `path` with `data`; refuse an existing file unless `force`."""
     path = Path(path)
@@ -51,13 +75,14 @@ def write_file(path: Path, data: bytes, mode: int = PUBLIC_MODE, force: bool = F
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise HsmcaError(f"cannot create the folder {parent}: {exc.strerror}") from None
+    temporary = None
     try:
-        import tempfile  # here, not at the top: monitoring commands never write
+        try:
+            import tempfile  # here, not at the top: monitoring commands never write
 
-        fd, temporary = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise HsmcaError(f"cannot write in {parent}: {exc.strerror}") from None
-    try:
+            fd, temporary = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
+        except OSError as exc:
+            raise HsmcaError(f"cannot write in {parent}: {exc.strerror}") from None
         with os.fdopen(fd, "wb") as stream:
             os.fchmod(stream.fileno(), mode)
             stream.write(data)
@@ -72,8 +97,10 @@ def write_file(path: Path, data: bytes, mode: int = PUBLIC_MODE, force: bool = F
     except OSError as exc:
         raise HsmcaError(f"cannot write {path}: {exc.strerror}") from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
+        # Also after Ctrl-C: no temporary file is left behind.
+        if temporary is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
 
 
 def _publish(temporary: Path, path: Path, force: bool) -> None:
@@ -88,7 +115,15 @@ def _publish(temporary: Path, path: Path, force: bool) -> None:
             raise
         # File systems without hard links: reserve the name exclusively, then replace it.
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        os.replace(temporary, path)
+        try:
+            os.replace(temporary, path)
+        except BaseException:
+            # Not replaced (an error, Ctrl-C): remove the empty placeholder made above, never
+            # a file with data in it.
+            with contextlib.suppress(OSError):
+                if path.stat().st_size == 0:
+                    path.unlink()
+            raise
 
 
 def sync_directory(directory: Path) -> None:

@@ -96,6 +96,27 @@ def _password_file(tmp_path: Path) -> Path:
     return path
 
 
+def write_csrs(folder: Path, names: list[str]) -> list[Path]:
+    """One CSR file per name (CN and DNS SAN), all for one P-256 key."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    folder.mkdir()
+    paths = []
+    for name in names:
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        paths.append(folder / f"{name}.csr")
+        paths[-1].write_bytes(csr.public_bytes(serialization.Encoding.PEM))
+    return paths
+
+
 def write_inventory(path: Path, rows: list[str]) -> Path:
     path.write_text("dns,ip,out,key_type\n" + "".join(f"{row}\n" for row in rows))
     return path
@@ -247,6 +268,53 @@ def test_resume_finishes_a_row_whose_file_was_written_but_not_marked(ca, tmp_pat
     assert "Summary: 0 issued, 3 skipped, 0 failed" in resumed.output
     (record,) = [r for r in records(ca_dir) if r["serial"] == serial]
     assert record["output_state"] == "written" and record["status"] == "active"
+
+
+@pytest.mark.parametrize("command", ["batch", "sign"])
+def test_ctrl_c_stops_the_command_and_its_workers_with_one_error_line(ca, tmp_path, command):
+    """Ctrl-C reaches the whole process group: the workers ignore it, the main process stops
+    them and says one line; what was written before is complete and recorded."""
+    ca_dir, token = ca
+    out_dir = tmp_path / "out"
+    if command == "batch":
+        rows = [f"int{n:02d}.example.com,,,p256" for n in range(40)]
+        args = ["batch", "--ca-dir", ca_dir, write_inventory(tmp_path / "site.csv", rows),
+                "--out-dir", out_dir]
+    else:
+        args = ["sign", "--ca-dir", ca_dir, "--out-dir", out_dir,
+                *write_csrs(tmp_path / "csrs", [f"int{n:03d}.example.com" for n in range(400)])]
+    log = tmp_path / "run.log"
+    process = spawn(args, token, log)
+    try:
+        deadline = time.monotonic() + 60
+        # A finished output, not the temporary file of one being written (".name.xxx.tmp").
+        while not (out_dir.exists() and any(not p.name.startswith(".")
+                                            for p in out_dir.iterdir())):
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "nothing was written in 60 s"
+            time.sleep(0.005)
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=60) == 1
+    finally:
+        finish(process)
+    output = log.read_text()
+    errors = [line for line in output.splitlines() if not line.startswith(("line ", "Wrote "))]
+    assert errors == [
+        "Error: interrupted; any file already written is complete and recorded, none is "
+        "half-written ('hsmca list' shows what was issued)"
+    ], output
+    # Every file is complete, and its row says 'written', or (batch: the PFX packed but not
+    # yet marked when Ctrl-C came) 'pending', which --resume finishes. No temporary file is left.
+    states = {r["output_path"]: r["output_state"] for r in records(ca_dir)}
+    on_disk = sorted(out_dir.iterdir())
+    assert on_disk
+    for path in on_disk:
+        assert states.get(str(path)) in ("written", "pending"), (path, states.get(str(path)))
+        if command == "batch":
+            assert pfx_serial(path)
+        else:
+            assert x509.load_pem_x509_certificates(path.read_bytes())
+    assert_database_sound(ca_dir)
 
 
 # --- several processes on one CA_DIR at once -----------------------------------------------------
