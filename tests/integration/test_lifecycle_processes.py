@@ -317,6 +317,34 @@ def test_ctrl_c_stops_the_command_and_its_workers_with_one_error_line(ca, tmp_pa
     assert_database_sound(ca_dir)
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+def test_on_one_core_sign_and_crl_lint_in_their_own_process(ca, tmp_path):
+    """Pinned to one core (as a container may be), there is nothing to gain from workers:
+    sign, batch and crl lint in the main process, and still lint."""
+    ca_dir, token = ca
+    one_core = ["taskset", "-c", str(min(os.sched_getaffinity(0)))]
+    out_dir = tmp_path / "out"
+    csrs = write_csrs(tmp_path / "csrs", [f"one{n}.example.com" for n in range(3)])
+    inventory = write_inventory(tmp_path / "site.csv", ["solo.example.com,,,p256"])
+    for args in (
+        ["sign", "--ca-dir", ca_dir, "--out-dir", out_dir, *csrs],
+        ["batch", "--ca-dir", ca_dir, inventory, "--out-dir", out_dir],
+        ["revoke", "--ca-dir", ca_dir, "one1.example.com"],
+        ["crl", "--ca-dir", ca_dir],
+    ):
+        ran = subprocess.run(
+            [*one_core, *HSMCA, *map(str, args)], env=environment(token), capture_output=True,
+            text=True, timeout=120, stdin=subprocess.DEVNULL,
+        )
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "one0.example.com.pem", "one1.example.com.pem", "one2.example.com.pem",
+        "solo.example.com.pfx"]
+    crl = x509.load_der_x509_crl((ca_dir / "ca.crl").read_bytes())
+    assert len(crl) == 1
+    assert_database_sound(ca_dir)
+
+
 # --- several processes on one CA_DIR at once -----------------------------------------------------
 
 
