@@ -1062,10 +1062,19 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def _fork_is_safe() -> bool:
+    """Whether this process can fork workers: not while other threads run (a library caller's),
+    since a thread holding a lock at the fork leaves that lock held forever in the child."""
+    import threading
+
+    return threading.active_count() == 1
+
+
 @contextlib.contextmanager
 def _lint_workers(processes: int) -> Iterator[Pool | None]:
     """Processes for pre-issuance linting, forked now and importing pkilint at once; None with
-    one core, or where no process can be had (the caller lints in this process then).
+    one core, in a process with other threads, or where no process can be had (the caller then
+    lints in this process).
 
     pkilint takes about 0.3 s to import and several times a signature to lint a certificate;
     the workers spend that on the other core while this process reads its inputs, logs in and
@@ -1074,7 +1083,7 @@ def _lint_workers(processes: int) -> Iterator[Pool | None]:
     """
     import multiprocessing
 
-    if processes < 1 or usable_cores() < 2:
+    if processes < 1 or usable_cores() < 2 or not _fork_is_safe():
         yield None
         return
     try:
@@ -1282,8 +1291,9 @@ def batch_issue(
     pfx.check_password(password)
     workers = workers or usable_cores()
     # fork: no fresh interpreter to start. The pool forks its workers at its first submit,
-    # top_up() below, before open_ca logs in, so that no child holds token state.
-    context = multiprocessing.get_context("fork")
+    # top_up() below, before open_ca logs in, so that no child holds token state. A process
+    # with other threads spawns them instead.
+    context = multiprocessing.get_context("fork" if _fork_is_safe() else "spawn")
     window = 2 * workers + 2
 
     def report(result: BatchRow) -> None:

@@ -1090,3 +1090,59 @@ def test_audit_verify_names_the_first_bad_line(audited_ca, tmp_path, tamper, mes
     log.write_text("".join(line + "\n" for line in lines))
     result = run(["audit", "verify", "--ca-dir", ca_dir])
     assert_error(result, f"line {number}: ", message)
+
+
+def test_with_other_threads_running_sign_lints_without_forking(ca, tmp_path, monkeypatch):
+    """A library caller may run threads; forking then could leave a lock held in the child,
+    so the lint stays in this process (and still refuses what pkilint refuses)."""
+    import threading
+
+    from hsmca import lint
+    from hsmca.errors import LintFailure
+
+    real = lint.check_certificate
+    linted_in = []
+
+    def recording(der, allowed=frozenset()):
+        linted_in.append(os.getpid())
+        if b"refused.example.com" in der:
+            raise LintFailure("pkilint refused the certificate before signing: test.finding")
+        return real(der, allowed)
+
+    monkeypatch.setattr(lint, "check_certificate", recording)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        csrs = [write_csr(tmp_path / f"{name}.csr", make_csr(p256_key(), [f"{name}.example.com"]))
+                for name in ("kept", "refused")]
+        out_dir = tmp_path / "signed"
+        ok(ca.signing_args("sign", csrs[0], "--out-dir", out_dir))
+        assert_error(run(ca.signing_args("sign", csrs[1], "--out-dir", out_dir)), "test.finding")
+    finally:
+        stop.set()
+        other.join()
+    assert set(linted_in) == {os.getpid()}
+    assert [p.name for p in out_dir.iterdir()] == ["kept.example.com.pem"]
+
+
+def test_with_other_threads_running_batch_spawns_its_workers(ca, tmp_path):
+    import threading
+
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        inventory = write_inventory(tmp_path / "site.csv", (
+            "dns,ip,out,days,key_type\n"
+            "t1.example.com,,,,p256\n"
+            "t2.example.com,,,,rsa2048\n"
+        ))
+        out_dir = tmp_path / "pfx"
+        result = ok(ca.pfx_args("batch", inventory, "--out-dir", out_dir))
+    finally:
+        stop.set()
+        other.join()
+    assert summary(result.output) == "Summary: 2 issued, 0 skipped, 0 failed"
+    assert sorted(tree(out_dir)) == ["t1.example.com.pfx", "t2.example.com.pfx"]
+    assert load_pfx(out_dir / "t2.example.com.pfx")[0].key_size == 2048
