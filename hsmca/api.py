@@ -1041,15 +1041,25 @@ def make_crl(
         )
 
 
-def _ignore_interrupts() -> None:
-    """In a worker process: Ctrl-C is for the main process, which stops the workers itself."""
+def _worker_start(parent_pid: int) -> None:
+    """In a worker process: leave Ctrl-C to the main process, which stops the workers itself,
+    and die with the main process however it ends (kill -9 included) rather than wait for work
+    for ever: an executor's worker holds its queue's both ends, so it never sees the end."""
+    import ctypes
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError, AttributeError):  # prctl is Linux's; hsmca runs on Linux
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(1)  # the main process ended before prctl took effect
 
 
-def _lint_worker_start() -> None:
-    _ignore_interrupts()
+_PR_SET_PDEATHSIG = 1
+
+
+def _lint_worker_start(parent_pid: int) -> None:
+    _worker_start(parent_pid)
     lint.prepare()
 
 
@@ -1087,7 +1097,9 @@ def _lint_workers(processes: int) -> Iterator[Pool | None]:
         yield None
         return
     try:
-        pool = multiprocessing.get_context("fork").Pool(processes, initializer=_lint_worker_start)
+        pool = multiprocessing.get_context("fork").Pool(
+            processes, initializer=_lint_worker_start, initargs=(os.getpid(),)
+        )
     except OSError:
         yield None
         return
@@ -1302,7 +1314,7 @@ def batch_issue(
             progress(result)
 
     with concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_ignore_interrupts
+        workers, mp_context=context, initializer=_worker_start, initargs=(os.getpid(),)
     ) as pool:
 
         def submit(function, *args):

@@ -295,6 +295,10 @@ def test_ctrl_c_stops_the_command_and_its_workers_with_one_error_line(ca, tmp_pa
             time.sleep(0.005)
         os.killpg(process.pid, signal.SIGINT)
         assert process.wait(timeout=60) == 1
+        deadline = time.monotonic() + 10
+        while live_members(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert live_members(process.pid) == [], "a worker outlived the interrupted command"
     finally:
         finish(process)
     output = log.read_text()
@@ -343,6 +347,48 @@ def test_on_one_core_sign_and_crl_lint_in_their_own_process(ca, tmp_path):
     crl = x509.load_der_x509_crl((ca_dir / "ca.crl").read_bytes())
     assert len(crl) == 1
     assert_database_sound(ca_dir)
+
+
+def live_members(group: int) -> list[int]:
+    """The processes of process group `group` that are alive (not zombies, which a container's
+    init may leave unreaped)."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == group and fields[0] != "Z":
+                alive.append(int(stat.parent.name))
+    return alive
+
+
+@pytest.mark.parametrize("command", ["batch", "sign"])
+def test_workers_die_with_a_killed_main_process(ca, tmp_path, command):
+    """kill -9 of the main process alone (an OOM kill, a supervisor): its workers must not live
+    on, waiting for work that never comes."""
+    ca_dir, token = ca
+    out_dir = tmp_path / "out"
+    if command == "batch":
+        rows = [f"orph{n:02d}.example.com,,,rsa2048" for n in range(40)]
+        args = ["batch", "--ca-dir", ca_dir, write_inventory(tmp_path / "site.csv", rows),
+                "--out-dir", out_dir]
+    else:
+        args = ["sign", "--ca-dir", ca_dir, "--out-dir", out_dir,
+                *write_csrs(tmp_path / "csrs", [f"orph{n:03d}.example.com" for n in range(400)])]
+    process = spawn(args, token, tmp_path / "run.log")
+    try:
+        deadline = time.monotonic() + 60
+        while len(live_members(process.pid)) < 2:  # the workers have started
+            assert process.poll() is None, (tmp_path / "run.log").read_text()
+            assert time.monotonic() < deadline, "no worker process in 60 s"
+            time.sleep(0.01)
+        os.kill(process.pid, signal.SIGKILL)
+        assert process.wait(timeout=30) == -signal.SIGKILL
+        deadline = time.monotonic() + 10
+        while live_members(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert live_members(process.pid) == []
+    finally:
+        finish(process)
 
 
 # --- several processes on one CA_DIR at once -----------------------------------------------------
