@@ -1195,6 +1195,7 @@ KEY_NAMES = {"rsa2048": "RSA-2048", "rsa3072": "RSA-3072", "p256": "P-256", "p38
 def report(bench: Bench) -> None:
     r = bench.results
     n = bench.n
+    full = bench.mode == "full"
     stages = r["stages"]
     raw = r.get("raw", {})
     raw_mech = r.get("raw_mech", {})
@@ -1279,13 +1280,15 @@ def report(bench: Bench) -> None:
             "-" if peer is None else f"{peer * 1e3:.1f} ms/server",
             _fmt_ratio(speedup, "x"),
             _mib(max(stages.get("batch", 0), 0)),
-            f">= {TARGET_BATCH_SPEEDUP:.0f}x faster",
-            _met(None if speedup is None else speedup >= TARGET_BATCH_SPEEDUP),
+            # Issue 3 sets it for 200 servers; a quick run's 20 mostly time the start-up.
+            f">= {TARGET_BATCH_SPEEDUP:.0f}x faster" if full else "(full run)",
+            _met(None if speedup is None or not full else speedup >= TARGET_BATCH_SPEEDUP),
         )
     for size, entry in r.get("crl", {}).items():
         peer = entry.get("openssl", {}).get("seconds")
         speedup = _ratio(peer, entry["seconds"])
-        biggest = int(size) == max(n["crl_sizes"])
+        # Issue 3 sets the target for 100,000 entries; smaller CRLs mostly time the start-up.
+        biggest = int(size) == max(n["crl_sizes"]) and full
         row(
             f"CLI hsmca crl, {int(size):,} revoked",
             f"{entry['seconds']:.3f} s",
