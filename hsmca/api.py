@@ -15,12 +15,11 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from asn1crypto import keys, pem, x509
 from cryptography.exceptions import InvalidSignature
 
-from . import audit, db, lint, locking, pfx, signing, store, token, x509build
+from . import audit, db, lint, locking, pfx, signing, store, token, workerpool, x509build
 from .errors import HsmcaError, IntegrityError, InvalidRequest
 from .models import (
     DEFAULT_CA_DAYS,
@@ -35,9 +34,6 @@ from .models import (
 )
 from .p11uri import TokenSelector, parse_token_spec
 from .queries import expiring_certificates, list_certificates, read_database, verify_audit_log
-
-if TYPE_CHECKING:
-    from multiprocessing.pool import Pool
 
 __all__ = [
     "BatchRow",
@@ -730,7 +726,7 @@ class OpenCa:
     ) -> list[CsrSigned]:
         """Sign verified CSRs' keys; write each leaf and the chain as PEM, `chunk` at a time.
 
-        With `lint_workers` (a process pool from _lint_workers), the workers lint the next
+        With `lint_workers` (a pool from workerpool.lint_workers), the workers lint the next
         chunk while this process, the only one with the token session, signs this one:
         pkilint costs several times a signature.
         """
@@ -802,7 +798,7 @@ class OpenCa:
 
         A CRL is republished in place (`replace`): the newer one, with the higher cRLNumber,
         replaces the older. A ceremony asks for a file that must not exist yet instead.
-        `check_crl` runs lint.check_crl, here or in a worker process (_lint_workers).
+        `check_crl` runs lint.check_crl, here or in a worker process (workerpool).
         """
         from . import crlbuild
 
@@ -1031,7 +1027,7 @@ def make_crl(
     x509build.validate_days(days, "CRL validity")
     out = Path(out) if out else ca_dir / ("ca.crl.pem" if pem_output else "ca.crl")
     store.check_output(out, replace)
-    with _lint_workers(1) as workers, open_ca(ca_dir, pin_source) as ca:
+    with workerpool.lint_workers(1) as workers, open_ca(ca_dir, pin_source) as ca:
 
         def check_in_worker(crl_der: bytes) -> None:
             workers.apply(lint.check_crl, (crl_der,))
@@ -1039,76 +1035,6 @@ def make_crl(
         return ca.make_crl(
             days, out, pem_output, replace, check_in_worker if workers else lint.check_crl
         )
-
-
-def _worker_start(parent_pid: int) -> None:
-    """In a worker process: leave Ctrl-C to the main process, which stops the workers itself,
-    and die with the main process however it ends (kill -9 included) rather than wait for work
-    for ever: an executor's worker holds its queue's both ends, so it never sees the end."""
-    import ctypes
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    with contextlib.suppress(OSError, AttributeError):  # prctl is Linux's; hsmca runs on Linux
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent_pid:
-        os._exit(1)  # the main process ended before prctl took effect
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _lint_worker_start(parent_pid: int) -> None:
-    _worker_start(parent_pid)
-    lint.prepare()
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, which a container or taskset may
-    narrow), not the machine's."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def _fork_is_safe() -> bool:
-    """Whether this process can fork workers: not while other threads run (a library caller's),
-    since a thread holding a lock at the fork leaves that lock held forever in the child."""
-    import threading
-
-    return threading.active_count() == 1
-
-
-@contextlib.contextmanager
-def _lint_workers(processes: int) -> Iterator[Pool | None]:
-    """Processes for pre-issuance linting, forked now and importing pkilint at once; None with
-    one core, in a process with other threads, or where no process can be had (the caller then
-    lints in this process).
-
-    pkilint takes about 0.3 s to import and several times a signature to lint a certificate;
-    the workers spend that on the other core while this process reads its inputs, logs in and
-    signs. Forked, not spawned, since a fresh interpreter costs more than it saves; so they
-    must be made before this process logs in to a token, and hold no token state.
-    """
-    import multiprocessing
-
-    if processes < 1 or usable_cores() < 2 or not _fork_is_safe():
-        yield None
-        return
-    try:
-        pool = multiprocessing.get_context("fork").Pool(
-            processes, initializer=_lint_worker_start, initargs=(os.getpid(),)
-        )
-    except OSError:
-        yield None
-        return
-    try:
-        yield pool
-    finally:
-        # On success nothing is left running; on an error, do not wait for the workers.
-        pool.terminate()
-        pool.join()
 
 
 def csr_output_path(request: ServerRequest, out_dir: Path | None) -> Path:
@@ -1166,7 +1092,7 @@ def sign_csrs(
     force: bool = False,
 ) -> list[CsrSigned]:
     """Sign many CSRs with one login; each gets `<first DNS name>.pem` (leaf, then chain)."""
-    with _lint_workers(usable_cores()) as workers:
+    with workerpool.lint_workers(workerpool.usable_cores()) as workers:
         prepared = read_csrs(paths, days=days, dns=dns, ip=ip, out_dir=out_dir, force=force)
         with open_ca(ca_dir, pin_source) as ca:
             return ca.sign_csrs(prepared, force, lint_workers=workers)
@@ -1301,11 +1227,11 @@ def batch_issue(
     if not todo:
         return results
     pfx.check_password(password)
-    workers = workers or usable_cores()
+    workers = workers or workerpool.usable_cores()
     # fork: no fresh interpreter to start. The pool forks its workers at its first submit,
     # top_up() below, before open_ca logs in, so that no child holds token state. A process
     # with other threads spawns them instead.
-    context = multiprocessing.get_context("fork" if _fork_is_safe() else "spawn")
+    context = multiprocessing.get_context("fork" if workerpool.fork_is_safe() else "spawn")
     window = 2 * workers + 2
 
     def report(result: BatchRow) -> None:
@@ -1314,7 +1240,7 @@ def batch_issue(
             progress(result)
 
     with concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_worker_start, initargs=(os.getpid(),)
+        workers, mp_context=context, initializer=workerpool.start_worker, initargs=(os.getpid(),)
     ) as pool:
 
         def submit(function, *args):

@@ -759,7 +759,7 @@ def test_a_csr_refused_by_the_lint_workers_stops_its_chunk_unsigned(ca, tmp_path
     """`sign` lints in forked worker processes; their refusal reaches the user and nothing of
     the chunk is signed, written or recorded. The workers are forked after this patch, so they
     run it: a finding pkilint would report for one certificate, without a real bad profile."""
-    from hsmca import api, lint
+    from hsmca import lint, workerpool
     from hsmca.errors import LintFailure
 
     real = lint.check_certificate
@@ -785,7 +785,7 @@ def test_a_csr_refused_by_the_lint_workers_stops_its_chunk_unsigned(ca, tmp_path
                  "pkilint refused the certificate", "test.finding")
     assert not out_dir.exists() or not list(out_dir.iterdir())
     assert ca.snapshot() == before
-    if api.usable_cores() >= 2:
+    if workerpool.usable_cores() >= 2:
         assert str(os.getpid()) not in linted_in.read_text().split()
     monkeypatch.setattr(lint, "check_certificate", real)
     ok(ca.signing_args("sign", csrs[0], csrs[2], "--out-dir", out_dir))

@@ -121,7 +121,7 @@ def test_ca_config_is_frozen():
     assert config.key_type is KeyType.RSA3072
 
 
-PURE_MODULES = ["models", "x509build", "signing", "lint"]
+PURE_MODULES = ["models", "x509build", "signing", "lint", "crlbuild", "workerpool"]
 
 
 @pytest.mark.parametrize("module", PURE_MODULES)
