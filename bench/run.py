@@ -598,7 +598,9 @@ class Bench:
         self.module = softhsm_module()
         self.pin = secrets.token_hex(8)
         # Throwaway tokens: the PIN is kept beside them so that a --keep directory can be reused.
-        (self.root / "user.pin").write_text(self.pin + "\n")
+        pin_file = self.root / "user.pin"
+        pin_file.write_text(self.pin + "\n")
+        pin_file.chmod(0o600)
         self.password = "bench-" + secrets.token_hex(6)
         self.hsmca = hsmca_command()
         self.main_conf = softhsm_conf(self.root / "softhsm-main")

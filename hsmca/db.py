@@ -40,14 +40,15 @@ STATUSES = ("active", "superseded", "revoked")
 LIST_STATUSES = ("active", "superseded", "revoked", "expired", "all")
 OUTPUT_STATES = ("pending", "written", "failed")
 
-REVOCATION_REASONS: dict[str, int] = {
-    "unspecified": 0,
-    "keyCompromise": 1,
-    "affiliationChanged": 3,
-    "superseded": 4,
-    "cessationOfOperation": 5,
-}
-"""The reasons `revoke` accepts, with their RFC 5280 CRLReason codes."""
+REVOCATION_REASONS = (
+    "unspecified",
+    "keyCompromise",
+    "affiliationChanged",
+    "superseded",
+    "cessationOfOperation",
+)
+"""The reasons `revoke` accepts: crlbuild.RevocationReason's spellings, repeated here so that
+list and check-expiry need not import crlbuild (and asn1crypto); crlbuild has their codes."""
 
 _REASON_BY_LOWER = {name.lower(): name for name in REVOCATION_REASONS}
 _PROFILE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")

@@ -270,19 +270,25 @@ def test_resume_finishes_a_row_whose_file_was_written_but_not_marked(ca, tmp_pat
     assert record["output_state"] == "written" and record["status"] == "active"
 
 
+def long_run(command: str, ca_dir: Path, tmp_path: Path, out_dir: Path, key_type: str) -> list:
+    """Arguments for a `batch` of 40 servers (`key_type` keys) or a `sign` of 400 CSRs: long
+    enough to be stopped in the middle, with worker processes running."""
+    if command == "batch":
+        rows = [f"long{n:02d}.example.com,,,{key_type}" for n in range(40)]
+        return ["batch", "--ca-dir", ca_dir, write_inventory(tmp_path / "site.csv", rows),
+                "--out-dir", out_dir]
+    names = [f"long{n:03d}.example.com" for n in range(400)]
+    return ["sign", "--ca-dir", ca_dir, "--out-dir", out_dir,
+            *write_csrs(tmp_path / "csrs", names)]
+
+
 @pytest.mark.parametrize("command", ["batch", "sign"])
 def test_ctrl_c_stops_the_command_and_its_workers_with_one_error_line(ca, tmp_path, command):
     """Ctrl-C reaches the whole process group: the workers ignore it, the main process stops
     them and says one line; what was written before is complete and recorded."""
     ca_dir, token = ca
     out_dir = tmp_path / "out"
-    if command == "batch":
-        rows = [f"int{n:02d}.example.com,,,p256" for n in range(40)]
-        args = ["batch", "--ca-dir", ca_dir, write_inventory(tmp_path / "site.csv", rows),
-                "--out-dir", out_dir]
-    else:
-        args = ["sign", "--ca-dir", ca_dir, "--out-dir", out_dir,
-                *write_csrs(tmp_path / "csrs", [f"int{n:03d}.example.com" for n in range(400)])]
+    args = long_run(command, ca_dir, tmp_path, out_dir, key_type="p256")
     log = tmp_path / "run.log"
     process = spawn(args, token, log)
     try:
@@ -366,14 +372,7 @@ def test_workers_die_with_a_killed_main_process(ca, tmp_path, command):
     """kill -9 of the main process alone (an OOM kill, a supervisor): its workers must not live
     on, waiting for work that never comes."""
     ca_dir, token = ca
-    out_dir = tmp_path / "out"
-    if command == "batch":
-        rows = [f"orph{n:02d}.example.com,,,rsa2048" for n in range(40)]
-        args = ["batch", "--ca-dir", ca_dir, write_inventory(tmp_path / "site.csv", rows),
-                "--out-dir", out_dir]
-    else:
-        args = ["sign", "--ca-dir", ca_dir, "--out-dir", out_dir,
-                *write_csrs(tmp_path / "csrs", [f"orph{n:03d}.example.com" for n in range(400)])]
+    args = long_run(command, ca_dir, tmp_path, tmp_path / "out", key_type="rsa2048")
     process = spawn(args, token, tmp_path / "run.log")
     try:
         deadline = time.monotonic() + 60

@@ -321,6 +321,27 @@ def test_pkilint_validator_would_catch_an_unspecified_reason(signer, ca_cert):
     assert any("crl_unspecified_crl_entry_reason_code" in f for f in pkilint_findings(der))
 
 
+def openssl_verify_crl(openssl: str, folder) -> subprocess.CompletedProcess:
+    """`openssl crl -verify` of folder/crl.der against folder/ca.pem."""
+    return subprocess.run(
+        [
+            openssl,
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            str(folder / "crl.der"),
+            "-CAfile",
+            str(folder / "ca.pem"),
+            "-verify",
+            "-noout",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
 @pytest.mark.parametrize("key_type", [KeyType.RSA2048, KeyType.P256])
 @pytest.mark.parametrize("revoked", [EDGE_ENTRIES, []], ids=["entries", "empty"])
 def test_openssl_verifies_the_crl(signer, ca_cert, tmp_path, key_type, revoked):
@@ -329,23 +350,7 @@ def test_openssl_verifies_the_crl(signer, ca_cert, tmp_path, key_type, revoked):
     ca_signer, ca = signer(key_type), ca_cert(key_type)
     (tmp_path / "ca.pem").write_bytes(pem.armor("CERTIFICATE", ca.dump()))
     (tmp_path / "crl.der").write_bytes(signed_crl(ca_signer, ca, revoked))
-    result = subprocess.run(
-        [
-            openssl,
-            "crl",
-            "-inform",
-            "DER",
-            "-in",
-            str(tmp_path / "crl.der"),
-            "-CAfile",
-            str(tmp_path / "ca.pem"),
-            "-verify",
-            "-noout",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = openssl_verify_crl(openssl, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "verify OK" in result.stdout + result.stderr
 
@@ -356,23 +361,7 @@ def test_openssl_rejects_a_crl_from_another_ca(signer, ca_cert, tmp_path):
     other = signer(KeyType.P256, role="other")
     (tmp_path / "ca.pem").write_bytes(pem.armor("CERTIFICATE", ca.dump()))
     (tmp_path / "crl.der").write_bytes(signed_crl(other, ca, EDGE_ENTRIES))
-    result = subprocess.run(
-        [
-            "openssl",
-            "crl",
-            "-inform",
-            "DER",
-            "-in",
-            str(tmp_path / "crl.der"),
-            "-CAfile",
-            str(tmp_path / "ca.pem"),
-            "-verify",
-            "-noout",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = openssl_verify_crl("openssl", tmp_path)
     assert "verify OK" not in result.stdout + result.stderr
 
 

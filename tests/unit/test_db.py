@@ -903,6 +903,7 @@ def test_revoke_refuses_twice_unknown_serials_bad_reasons_and_the_ca(database):
         database.revoke(ca.serial, "unspecified")
     with pytest.raises(ValueError, match="timezone-aware"):
         database.revoke(ca.serial, "unspecified", dt.datetime(2030, 1, 1))
+    assert db.REVOCATION_REASONS == tuple(crlbuild.RevocationReason)
     assert set(db.REVOCATION_REASONS) == {
         "unspecified",
         "keyCompromise",
